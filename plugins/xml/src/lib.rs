@@ -1,0 +1,1 @@
+// Work in progress: the adapter lands in the next commits.

@@ -1,0 +1,393 @@
+//! Records, record errors and the items a parser yields.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where a record, or a record error, sits in the input.
+///
+/// Items never overlap, come in input order and span at least one byte; the
+/// host rejects a parse whose items break these rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Offset of the item's first byte from the start of the input.
+    pub offset: u64,
+    /// Number of input bytes the item spans.
+    pub length: u64,
+    /// 1-based line of the item's first byte; 0 for formats without lines.
+    pub line: u64,
+    /// 1-based position among all records and record errors of the input.
+    pub ordinal: u64,
+}
+
+impl Location {
+    /// Offset of the first byte after the item.
+    pub fn end(&self) -> u64 {
+        self.offset + self.length
+    }
+}
+
+/// A typed field value, borrowed from a [`Record`] or passed to one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+/// How a value is stored inside a record: scalars inline, text and bytes as a
+/// range of the record's data buffer. This is the shape that crosses the
+/// plugin boundary, so building a record costs one buffer, not one string per
+/// field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Slot {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(u32, u32),
+    Bytes(u32, u32),
+}
+
+static NEXT_LAYOUT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The names of a record's fields and, optionally, the kind of entity it is.
+///
+/// Create a layout once (for example from a CSV header) and build every record
+/// with it: the field names then cross the plugin boundary once per parse
+/// instead of once per record. Cloning a layout is cheap.
+#[derive(Clone)]
+pub struct Layout(Arc<LayoutInner>);
+
+struct LayoutInner {
+    id: u64,
+    kind: Option<String>,
+    fields: Vec<String>,
+}
+
+impl Layout {
+    /// A layout with these field names, in order.
+    ///
+    /// # Panics
+    /// If two fields share a name: records with ambiguous names cannot be
+    /// stored, so this is a bug in the adapter. Adapters reading names from
+    /// their input (a CSV header) check for duplicates first and report them.
+    pub fn new<S: Into<String>>(kind: Option<&str>, fields: impl IntoIterator<Item = S>) -> Self {
+        let fields: Vec<String> = fields.into_iter().map(Into::into).collect();
+        if let Some(dup) = first_duplicate(&fields) {
+            panic!("layout has the field name {dup:?} twice");
+        }
+        Layout(Arc::new(LayoutInner {
+            id: NEXT_LAYOUT_ID.fetch_add(1, Ordering::Relaxed),
+            kind: kind.map(str::to_owned),
+            fields,
+        }))
+    }
+
+    /// Kind (entity type) of the records using this layout.
+    pub fn kind(&self) -> Option<&str> {
+        self.0.kind.as_deref()
+    }
+
+    /// Field names, in order.
+    pub fn fields(&self) -> &[String] {
+        &self.0.fields
+    }
+
+    /// Position of a field by name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.0.fields.iter().position(|f| f == name)
+    }
+
+    /// Process-unique identity, used to declare each layout to the host once.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn id(&self) -> u64 {
+        self.0.id
+    }
+}
+
+impl fmt::Debug for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layout")
+            .field("kind", &self.0.kind)
+            .field("fields", &self.0.fields)
+            .finish()
+    }
+}
+
+impl PartialEq for Layout {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind == other.0.kind && self.0.fields == other.0.fields
+    }
+}
+
+/// First name that occurs twice in `names`, if any.
+pub fn first_duplicate(names: &[String]) -> Option<&str> {
+    // Layouts are short; a quadratic scan beats hashing for a handful of names
+    // and stays correct for long ones.
+    if names.len() <= 32 {
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].contains(a) {
+                return Some(a);
+            }
+        }
+        None
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        names.iter().find(|n| !seen.insert(n.as_str())).map(String::as_str)
+    }
+}
+
+/// One record: a layout, one value per field, an optional natural key and the
+/// record's location in the input.
+#[derive(Clone, PartialEq)]
+pub struct Record {
+    layout: Layout,
+    slots: Vec<Slot>,
+    key: Option<(u32, u32)>,
+    data: Vec<u8>,
+    location: Location,
+}
+
+impl Record {
+    /// An empty record for `layout`; push one value per field.
+    pub fn new(layout: &Layout) -> Self {
+        Record {
+            layout: layout.clone(),
+            slots: Vec::with_capacity(layout.fields().len()),
+            key: None,
+            data: Vec::new(),
+            location: Location::default(),
+        }
+    }
+
+    /// Like [`Record::new`], reserving `data_bytes` for text and bytes values.
+    pub fn with_capacity(layout: &Layout, data_bytes: usize) -> Self {
+        let mut r = Self::new(layout);
+        r.data.reserve(data_bytes);
+        r
+    }
+
+    /// Append the value of the next field.
+    ///
+    /// # Panics
+    /// If the record already has a value for every field of its layout, or
+    /// its text and bytes exceed 4 GiB: both are adapter bugs (an adapter
+    /// reports a ragged row as a [`RecordError`]).
+    pub fn push(&mut self, value: Value<'_>) -> &mut Self {
+        assert!(
+            self.slots.len() < self.layout.fields().len(),
+            "record has more values than its layout has fields ({})",
+            self.layout.fields().len()
+        );
+        let slot = match value {
+            Value::Null => Slot::Null,
+            Value::Bool(b) => Slot::Bool(b),
+            Value::Int(i) => Slot::Int(i),
+            Value::Float(x) => Slot::Float(x),
+            Value::Text(s) => {
+                let (start, len) = self.store(s.as_bytes());
+                Slot::Text(start, len)
+            }
+            Value::Bytes(b) => {
+                let (start, len) = self.store(b);
+                Slot::Bytes(start, len)
+            }
+        };
+        self.slots.push(slot);
+        self
+    }
+
+    /// Append a text value (shorthand for `push(Value::Text(..))`).
+    pub fn push_text(&mut self, text: &str) -> &mut Self {
+        self.push(Value::Text(text))
+    }
+
+    /// Set the record's natural key.
+    pub fn set_key(&mut self, key: &str) -> &mut Self {
+        self.key = Some(self.store(key.as_bytes()));
+        self
+    }
+
+    /// Set where the record came from.
+    pub fn set_location(&mut self, location: Location) -> &mut Self {
+        self.location = location;
+        self
+    }
+
+    fn store(&mut self, bytes: &[u8]) -> (u32, u32) {
+        let start = u32::try_from(self.data.len()).expect("record data exceeds 4 GiB");
+        let len = u32::try_from(bytes.len()).expect("record value exceeds 4 GiB");
+        self.data.extend_from_slice(bytes);
+        (start, len)
+    }
+
+    fn slice(&self, start: u32, len: u32) -> &[u8] {
+        &self.data[start as usize..start as usize + len as usize]
+    }
+
+    /// The record's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Kind of the record, from its layout.
+    pub fn kind(&self) -> Option<&str> {
+        self.layout.kind()
+    }
+
+    /// Number of values pushed so far.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no value has been pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Value of the field at `index`.
+    pub fn get(&self, index: usize) -> Option<Value<'_>> {
+        self.slots.get(index).map(|slot| self.value(*slot))
+    }
+
+    /// Value of the field named `name`.
+    pub fn get_by_name(&self, name: &str) -> Option<Value<'_>> {
+        self.layout.index_of(name).and_then(|i| self.get(i))
+    }
+
+    /// `(name, value)` pairs in field order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, Value<'_>)> {
+        self.layout
+            .fields()
+            .iter()
+            .map(String::as_str)
+            .zip(self.slots.iter().map(|s| self.value(*s)))
+    }
+
+    /// The natural key, if the adapter set one.
+    pub fn key(&self) -> Option<&str> {
+        self.key.map(|(s, l)| {
+            std::str::from_utf8(self.slice(s, l)).expect("keys are stored from &str")
+        })
+    }
+
+    /// Where the record came from.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    fn value(&self, slot: Slot) -> Value<'_> {
+        match slot {
+            Slot::Null => Value::Null,
+            Slot::Bool(b) => Value::Bool(b),
+            Slot::Int(i) => Value::Int(i),
+            Slot::Float(x) => Value::Float(x),
+            Slot::Text(s, l) => Value::Text(
+                std::str::from_utf8(self.slice(s, l)).expect("text is stored from &str"),
+            ),
+            Slot::Bytes(s, l) => Value::Bytes(self.slice(s, l)),
+        }
+    }
+
+    /// Split into the parts that cross the boundary.
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn into_parts(self) -> RecordParts {
+        RecordParts {
+            layout: self.layout,
+            slots: self.slots,
+            key: self.key,
+            data: self.data,
+            location: self.location,
+        }
+    }
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+pub(crate) struct RecordParts {
+    pub layout: Layout,
+    pub slots: Vec<Slot>,
+    pub key: Option<(u32, u32)>,
+    pub data: Vec<u8>,
+    pub location: Location,
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_struct("Record");
+        if let Some(kind) = self.kind() {
+            m.field("kind", &kind);
+        }
+        if let Some(key) = self.key() {
+            m.field("key", &key);
+        }
+        m.field("fields", &self.fields().collect::<Vec<_>>())
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// Why one record could not be parsed. Parsing goes on after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Stable kebab-case code (see [`codes`](crate::codes) for shared ones).
+    pub code: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// The field at fault, if one is.
+    pub field: Option<String>,
+    /// The bytes of the bad record; the next item starts after them.
+    pub location: Location,
+}
+
+impl RecordError {
+    /// A record error with a code, a message and the record's location.
+    pub fn new(code: impl Into<String>, message: impl Into<String>, location: Location) -> Self {
+        RecordError {
+            code: code.into(),
+            message: message.into(),
+            field: None,
+            location,
+        }
+    }
+
+    /// Name the field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] {} (record {}, line {}, byte offset {}",
+            self.code,
+            self.message,
+            self.location.ordinal,
+            self.location.line,
+            self.location.offset
+        )?;
+        if let Some(field) = &self.field {
+            write!(f, ", field {field:?}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// What [`Adapter::next`](crate::Adapter::next) yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// The next record.
+    Record(Record),
+    /// The next record could not be parsed; parsing goes on after it.
+    Error(RecordError),
+    /// The rest of the input cannot be parsed; `next` is not called again.
+    Fatal(RecordError),
+    /// The input has ended; `next` is not called again.
+    End,
+}
