@@ -1,0 +1,325 @@
+//! Records as the host holds them once a plugin has produced them and the
+//! sandbox has checked them.
+//!
+//! A record keeps the shape it crossed the boundary in: one data buffer,
+//! values that point into it, and a shared [`Layout`] naming the fields. Text
+//! is checked to be UTF-8 when the record is built, so reading it is free.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json};
+
+/// Where an item sits in the input.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Location {
+    /// Offset of the item's first byte from the start of the input.
+    pub offset: u64,
+    /// Number of input bytes the item spans.
+    pub length: u64,
+    /// 1-based line of the item's first byte; 0 for formats without lines.
+    pub line: u64,
+    /// 1-based position among all records and record errors of the input.
+    pub ordinal: u64,
+}
+
+impl Location {
+    /// Offset of the first byte after the item.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+}
+
+/// Field names shared by records, and the kind of entity they describe.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Layout {
+    pub kind: Option<String>,
+    pub fields: Vec<String>,
+}
+
+/// A range of a record's data buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Span {
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.start as usize + self.len as usize
+    }
+}
+
+/// How a value is stored in a record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Slot {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(Span),
+    Bytes(Span),
+}
+
+/// A field value, borrowed from a record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl Value<'_> {
+    /// The value as JSON: bytes become an array of numbers, non-finite floats
+    /// a string.
+    pub fn to_json(self) -> Json {
+        match self {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(b),
+            Value::Int(i) => Json::from(i),
+            Value::Float(x) => serde_json::Number::from_f64(x)
+                .map(Json::Number)
+                .unwrap_or_else(|| Json::String(x.to_string())),
+            Value::Text(t) => Json::String(t.to_owned()),
+            Value::Bytes(b) => Json::Array(b.iter().map(|&x| Json::from(x)).collect()),
+        }
+    }
+
+    /// The value as text, for keys and reports: `None` for null.
+    pub fn to_text(self) -> Option<String> {
+        match self {
+            Value::Null => None,
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(x) => Some(x.to_string()),
+            Value::Text(t) => Some(t.to_owned()),
+            Value::Bytes(b) => Some(hex::encode(b)),
+        }
+    }
+}
+
+/// One record produced by a plugin, checked by the sandbox.
+#[derive(Clone, PartialEq)]
+pub struct Record {
+    pub(crate) layout: Arc<Layout>,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) key: Option<Span>,
+    pub(crate) data: Vec<u8>,
+    pub(crate) location: Location,
+}
+
+impl Record {
+    /// The layout naming this record's fields.
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
+    }
+
+    /// The record's kind, from its layout.
+    pub fn kind(&self) -> Option<&str> {
+        self.layout.kind.as_deref()
+    }
+
+    /// Where the record came from.
+    pub fn location(&self) -> Location {
+        self.location
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the record has no field.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The value at `index`.
+    pub fn get(&self, index: usize) -> Option<Value<'_>> {
+        self.slots.get(index).map(|s| self.value(*s))
+    }
+
+    /// The value of the field named `name`.
+    pub fn get_by_name(&self, name: &str) -> Option<Value<'_>> {
+        let index = self.layout.fields.iter().position(|f| f == name)?;
+        self.get(index)
+    }
+
+    /// `(name, value)` pairs in field order.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, Value<'_>)> {
+        self.layout
+            .fields
+            .iter()
+            .map(String::as_str)
+            .zip(self.slots.iter().map(|s| self.value(*s)))
+    }
+
+    /// The plugin's natural key, if it gave one.
+    pub fn key(&self) -> Option<&str> {
+        self.key.map(|s| self.text(s))
+    }
+
+    fn text(&self, span: Span) -> &str {
+        // Checked to be UTF-8 when the record was built (sandbox::validate).
+        std::str::from_utf8(&self.data[span.range()]).unwrap_or_default()
+    }
+
+    fn value(&self, slot: Slot) -> Value<'_> {
+        match slot {
+            Slot::Null => Value::Null,
+            Slot::Bool(b) => Value::Bool(b),
+            Slot::Int(i) => Value::Int(i),
+            Slot::Float(x) => Value::Float(x),
+            Slot::Text(s) => Value::Text(self.text(s)),
+            Slot::Bytes(s) => Value::Bytes(&self.data[s.range()]),
+        }
+    }
+
+    /// The fields as a JSON object, in field order.
+    pub fn fields_json(&self) -> Map<String, Json> {
+        self.fields()
+            .map(|(name, v)| (name.to_owned(), v.to_json()))
+            .collect()
+    }
+
+    /// Approximate bytes this record holds (for memory accounting).
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() + self.slots.len() * std::mem::size_of::<Slot>()
+    }
+
+    /// Feed the record's content (kind, field names, values, key, location)
+    /// to `h` in a canonical, unambiguous encoding: equal records hash
+    /// equal, different records differently.
+    pub fn digest_into(&self, h: &mut impl sha2::Digest) {
+        fn put(h: &mut impl sha2::Digest, tag: u8, bytes: &[u8]) {
+            h.update([tag]);
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        let l = self.location;
+        h.update(b"R");
+        for n in [l.ordinal, l.offset, l.length, l.line] {
+            h.update(n.to_le_bytes());
+        }
+        put(h, b'k', self.kind().unwrap_or("").as_bytes());
+        put(h, b'K', self.key().unwrap_or("").as_bytes());
+        for (name, v) in self.fields() {
+            put(h, b'n', name.as_bytes());
+            match v {
+                Value::Null => h.update([b'0']),
+                Value::Bool(b) => h.update([b'b', u8::from(b)]),
+                Value::Int(i) => {
+                    h.update([b'i']);
+                    h.update(i.to_le_bytes());
+                }
+                Value::Float(x) => {
+                    h.update([b'f']);
+                    h.update(x.to_bits().to_le_bytes());
+                }
+                Value::Text(t) => put(h, b't', t.as_bytes()),
+                Value::Bytes(b) => put(h, b'y', b),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("kind", &self.kind())
+            .field("key", &self.key())
+            .field("fields", &self.fields().collect::<Vec<_>>())
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// Why one record could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordError {
+    /// Stable kebab-case code from the plugin.
+    pub code: String,
+    /// What is wrong, from the plugin.
+    pub message: String,
+    /// The field at fault, if one is.
+    pub field: Option<String>,
+    /// The bad record's bytes.
+    pub location: Location,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (code {}, record {}, line {}, byte offset {}",
+            self.message,
+            self.code,
+            self.location.ordinal,
+            self.location.line,
+            self.location.offset
+        )?;
+        if let Some(field) = &self.field {
+            write!(f, ", field {field:?}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// What a parse yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// The next record.
+    Record(Record),
+    /// The next record could not be parsed; the parse goes on.
+    Error(RecordError),
+    /// The rest of the input cannot be parsed; the parse is over.
+    Fatal(RecordError),
+    /// The input has ended.
+    End,
+}
+
+impl Item {
+    /// The item as one JSON object (the shape `sluice plugin test` prints).
+    pub fn to_json(&self) -> Json {
+        let mut m = Map::new();
+        let (kind, loc) = match self {
+            Item::Record(r) => {
+                m.insert("type".into(), "record".into());
+                if let Some(k) = r.kind() {
+                    m.insert("kind".into(), k.into());
+                }
+                if let Some(k) = r.key() {
+                    m.insert("key".into(), k.into());
+                }
+                m.insert("fields".into(), Json::Object(r.fields_json()));
+                (None, Some(r.location))
+            }
+            Item::Error(e) => (Some(("error", e)), Some(e.location)),
+            Item::Fatal(e) => (Some(("fatal", e)), Some(e.location)),
+            Item::End => {
+                m.insert("type".into(), "end".into());
+                (None, None)
+            }
+        };
+        if let Some((t, e)) = kind {
+            m.insert("type".into(), t.into());
+            m.insert("code".into(), e.code.clone().into());
+            m.insert("message".into(), e.message.clone().into());
+            if let Some(f) = &e.field {
+                m.insert("field".into(), f.clone().into());
+            }
+        }
+        if let Some(l) = loc {
+            m.insert("ordinal".into(), l.ordinal.into());
+            m.insert("line".into(), l.line.into());
+            m.insert("offset".into(), l.offset.into());
+            m.insert("length".into(), l.length.into());
+        }
+        Json::Object(m)
+    }
+}

@@ -1,0 +1,11 @@
+//! Host bindings for the `sluice:adapter@0.1.0` world.
+
+wasmtime::component::bindgen!({
+    path: "../wit/v0.1.0",
+    world: "adapter",
+    imports: {
+        // A failed read of the spooled input ends the call; it is the host's
+        // problem, not the plugin's, and is classified as such.
+        "sluice:adapter/input.read": trappable,
+    },
+});

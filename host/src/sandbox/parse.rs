@@ -1,0 +1,703 @@
+//! One parse: a plugin instance in its own store, driven item by item, with
+//! everything it returns checked before the host believes it.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::bindings::exports::sluice::adapter::parse as wit;
+use super::bindings::sluice::adapter::types as wt;
+use super::bindings::{Adapter, AdapterPre};
+use super::fault::{ConfigError, FaultKind, ParseError, PluginFault};
+use super::host::{HostState, Tripped};
+use super::limits::Limits;
+use super::{AdapterInfo, Digest, OptionInfo, Plugin, Sandbox};
+use crate::record::{Item, Layout, Location, Record, RecordError, Slot, Span};
+
+/// Longest error code accepted from a plugin.
+const MAX_CODE_BYTES: usize = 64;
+/// Longest field name kept in a record error.
+const MAX_ERROR_FIELD_BYTES: usize = 1024;
+/// Longest kind accepted on a layout.
+const MAX_KIND_BYTES: usize = 1024;
+
+/// A place a parse can resume from, as the host stores it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    /// Input offset the resumed parser is fed from.
+    pub offset: u64,
+    /// The plugin's own state, opaque.
+    pub state: Vec<u8>,
+    /// Ordinal of the last item before the checkpoint (0 at the start).
+    pub ordinal: u64,
+    /// End offset of that item: the resumed items start at or after it.
+    pub pos: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Running,
+    Ended,
+    Failed,
+}
+
+/// A parse in progress. Call [`Parse::next`] until it yields
+/// [`Item::End`] or [`Item::Fatal`]; a plugin failure ends it with
+/// [`ParseError::Fault`].
+pub struct Parse {
+    store: Store<HostState>,
+    guest: Adapter,
+    parser: ResourceAny,
+    plugin: Arc<Plugin>,
+    limits: Limits,
+    layouts: Vec<Arc<Layout>>,
+    layout_bytes: usize,
+    next_ordinal: u64,
+    pos: u64,
+    start: u64,
+    status: Status,
+}
+
+impl std::fmt::Debug for Parse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parse")
+            .field("plugin", &self.plugin)
+            .field("next_ordinal", &self.next_ordinal)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+/// What is known about a plugin when a call fails.
+struct Who<'a> {
+    name: &'a str,
+    version: &'a str,
+    digest: Digest,
+}
+
+impl Parse {
+    pub(super) fn open(
+        sandbox: &Sandbox,
+        plugin: Arc<Plugin>,
+        input: Box<dyn Read + Send>,
+        options: &[(String, String)],
+        resume: Option<&Checkpoint>,
+        limits: Limits,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Self, ParseError> {
+        let start = resume.map_or(0, |c| c.offset);
+        let state = HostState::new(&plugin.info.name, &limits, input, start, cancel);
+        let mut store = sandbox.new_store(state);
+        let who = Who {
+            name: &plugin.info.name,
+            version: &plugin.info.version,
+            digest: plugin.digest,
+        };
+        let (next_ordinal, pos) = resume.map_or((1, 0), |c| (c.ordinal + 1, c.pos));
+
+        begin_call(&mut store);
+        let guest = plugin.pre.instantiate(&mut store).map_err(|e| {
+            classify(
+                &mut store,
+                &who,
+                &limits,
+                "instantiate",
+                next_ordinal,
+                pos,
+                e,
+            )
+        })?;
+        let wit_resume = resume.map(|c| wt::Checkpoint {
+            offset: c.offset,
+            state: c.state.clone(),
+        });
+        begin_call(&mut store);
+        let opened = guest
+            .sluice_adapter_parse()
+            .parser()
+            .call_open(&mut store, options, wit_resume.as_ref())
+            .map_err(|e| classify(&mut store, &who, &limits, "open", next_ordinal, pos, e))?;
+        let parser = opened.map_err(|e| ConfigError {
+            plugin: plugin.info.name.clone(),
+            option: e.option_name,
+            message: e.message,
+        })?;
+        Ok(Parse {
+            store,
+            guest,
+            parser,
+            plugin,
+            limits,
+            layouts: Vec::new(),
+            layout_bytes: 0,
+            next_ordinal,
+            pos,
+            start,
+            status: Status::Running,
+        })
+    }
+
+    /// The plugin this parse runs.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Ordinal of the last item returned (0 before the first).
+    pub fn items_done(&self) -> u64 {
+        self.next_ordinal - 1
+    }
+
+    /// End offset of the last item returned.
+    pub fn offset(&self) -> u64 {
+        self.pos
+    }
+
+    /// Input bytes handed to the plugin so far (absolute offset).
+    pub fn bytes_read(&self) -> u64 {
+        self.store.data().fed_to
+    }
+
+    /// Log lines dropped because the plugin logged past its bound.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.store.data().log.dropped
+    }
+
+    /// The next item.
+    pub fn next(&mut self) -> Result<Item, ParseError> {
+        if self.status != Status::Running {
+            return Err(ParseError::Finished);
+        }
+        loop {
+            let parser = self.parser;
+            let raw = self.call("next", |g, s| {
+                g.sluice_adapter_parse().parser().call_next(s, parser)
+            })?;
+            let item = match raw {
+                wit::Item::Layout(l) => {
+                    self.declare(l)?;
+                    continue;
+                }
+                wit::Item::Record(r) => self.record(r)?,
+                wit::Item::Error(e) => Item::Error(self.record_error(e, false)?),
+                wit::Item::Fatal(e) => {
+                    let e = self.record_error(e, true)?;
+                    self.status = Status::Ended;
+                    Item::Fatal(e)
+                }
+                wit::Item::End => {
+                    self.status = Status::Ended;
+                    Item::End
+                }
+            };
+            return Ok(item);
+        }
+    }
+
+    /// A checkpoint right after the last item returned, or `None` if the
+    /// plugin cannot resume.
+    pub fn checkpoint(&mut self) -> Result<Option<Checkpoint>, ParseError> {
+        if !self.plugin.info.resumable || self.status == Status::Failed {
+            return Ok(None);
+        }
+        let parser = self.parser;
+        let Some(cp) = self.call("checkpoint", |g, s| {
+            g.sluice_adapter_parse().parser().call_checkpoint(s, parser)
+        })?
+        else {
+            return Ok(None);
+        };
+        if cp.state.len() > self.limits.max_checkpoint_bytes {
+            return Err(self.invalid(
+                "checkpoint",
+                format!(
+                    "checkpoint state of {} bytes exceeds the limit of {} bytes",
+                    cp.state.len(),
+                    self.limits.max_checkpoint_bytes
+                ),
+            ));
+        }
+        let fed = self.bytes_read();
+        if cp.offset < self.start || cp.offset > fed {
+            return Err(self.invalid(
+                "checkpoint",
+                format!(
+                    "checkpoint offset {} lies outside the input read so far ({}..={fed})",
+                    cp.offset, self.start
+                ),
+            ));
+        }
+        Ok(Some(Checkpoint {
+            offset: cp.offset,
+            state: cp.state,
+            ordinal: self.items_done(),
+            pos: self.pos,
+        }))
+    }
+
+    /// Run one call into the plugin under fresh budgets; a failure ends the
+    /// parse.
+    fn call<R>(
+        &mut self,
+        name: &'static str,
+        f: impl FnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, ParseError> {
+        begin_call(&mut self.store);
+        match f(&self.guest, &mut self.store) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.status = Status::Failed;
+                let who = Who {
+                    name: &self.plugin.info.name,
+                    version: &self.plugin.info.version,
+                    digest: self.plugin.digest,
+                };
+                Err(classify(
+                    &mut self.store,
+                    &who,
+                    &self.limits,
+                    name,
+                    self.next_ordinal,
+                    self.pos,
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// End the parse with an invalid-output fault.
+    fn invalid(&mut self, call: &str, detail: String) -> ParseError {
+        self.status = Status::Failed;
+        ParseError::Fault(PluginFault {
+            kind: FaultKind::InvalidOutput,
+            plugin: self.plugin.info.name.clone(),
+            version: self.plugin.info.version.clone(),
+            digest: self.plugin.digest.hex(),
+            call: call.to_owned(),
+            ordinal: self.next_ordinal,
+            offset: self.pos,
+            detail,
+            panic_message: None,
+        })
+    }
+
+    fn declare(&mut self, l: wt::Layout) -> Result<(), ParseError> {
+        if self.layouts.len() >= self.limits.max_layouts {
+            return Err(self.invalid(
+                "next",
+                format!("more than {} layouts declared", self.limits.max_layouts),
+            ));
+        }
+        if l.fields.len() > self.limits.max_fields {
+            return Err(self.invalid(
+                "next",
+                format!(
+                    "a layout with {} fields exceeds the limit of {}",
+                    l.fields.len(),
+                    self.limits.max_fields
+                ),
+            ));
+        }
+        if l.kind.as_ref().is_some_and(|k| k.len() > MAX_KIND_BYTES) {
+            return Err(self.invalid(
+                "next",
+                format!("a layout kind is longer than {MAX_KIND_BYTES} bytes"),
+            ));
+        }
+        let bytes = l.kind.as_ref().map_or(0, String::len)
+            + l.fields.iter().map(String::len).sum::<usize>();
+        self.layout_bytes += bytes;
+        if self.layout_bytes > self.limits.max_layout_bytes {
+            return Err(self.invalid(
+                "next",
+                format!(
+                    "layouts exceed {} bytes of names",
+                    self.limits.max_layout_bytes
+                ),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(l.fields.len());
+        if let Some(dup) = l.fields.iter().find(|f| !seen.insert(f.as_str())) {
+            return Err(self.invalid("next", format!("a layout names the field {dup:?} twice")));
+        }
+        self.layouts.push(Arc::new(Layout {
+            kind: l.kind,
+            fields: l.fields,
+        }));
+        Ok(())
+    }
+
+    /// Check a location against the contract and advance past it.
+    fn locate(&mut self, l: wt::Location, fatal: bool) -> Result<Location, ParseError> {
+        let fed = self.bytes_read();
+        let problem = if l.ordinal != self.next_ordinal {
+            Some(format!(
+                "item has ordinal {} where {} was due",
+                l.ordinal, self.next_ordinal
+            ))
+        } else if l.offset < self.pos {
+            Some(format!(
+                "item starts at byte {}, inside the previous item (which ends at byte {})",
+                l.offset, self.pos
+            ))
+        } else if l.length == 0 && !fatal {
+            Some(format!("item at byte {} spans no input byte", l.offset))
+        } else if l.offset.saturating_add(l.length) > fed {
+            Some(format!(
+                "item at byte {} of length {} ends past the {fed} bytes of input read so far",
+                l.offset, l.length
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(self.invalid("next", p));
+        }
+        let loc = Location {
+            offset: l.offset,
+            length: l.length,
+            line: l.line,
+            ordinal: l.ordinal,
+        };
+        self.pos = loc.end();
+        self.next_ordinal += 1;
+        Ok(loc)
+    }
+
+    fn record(&mut self, r: wit::Record) -> Result<Item, ParseError> {
+        let Some(layout) = self.layouts.get(r.layout as usize).cloned() else {
+            return Err(self.invalid(
+                "next",
+                format!(
+                    "a record uses layout {} but only {} were declared",
+                    r.layout,
+                    self.layouts.len()
+                ),
+            ));
+        };
+        if r.values.len() != layout.fields.len() {
+            return Err(self.invalid(
+                "next",
+                format!(
+                    "a record has {} values for a layout of {} fields",
+                    r.values.len(),
+                    layout.fields.len()
+                ),
+            ));
+        }
+        let data = r.data;
+        let mut bad: Option<String> = None;
+        let mut check_span = |s: wt::Span, text: bool| -> Span {
+            let span = Span {
+                start: s.start,
+                len: s.len,
+            };
+            let end = s.start as usize + s.len as usize;
+            if end > data.len() {
+                bad.get_or_insert_with(|| {
+                    format!(
+                        "a value spans bytes {}..{end} of a {}-byte buffer",
+                        s.start,
+                        data.len()
+                    )
+                });
+            } else if text && std::str::from_utf8(&data[span.range()]).is_err() {
+                bad.get_or_insert_with(|| "a text value is not UTF-8".to_owned());
+            }
+            span
+        };
+        let slots: Vec<Slot> = r
+            .values
+            .iter()
+            .map(|v| match *v {
+                wt::Value::Null => Slot::Null,
+                wt::Value::Boolean(b) => Slot::Bool(b),
+                wt::Value::Integer(i) => Slot::Int(i),
+                wt::Value::Float(x) => Slot::Float(x),
+                wt::Value::Text(s) => Slot::Text(check_span(s, true)),
+                wt::Value::Bytes(s) => Slot::Bytes(check_span(s, false)),
+            })
+            .collect();
+        let key = r.key.map(|s| check_span(s, true));
+        if let Some(problem) = bad {
+            return Err(self.invalid("next", problem));
+        }
+        let location = self.locate(r.location, false)?;
+        let size = data.len() + slots.len() * 16;
+        if size > self.limits.max_record_bytes {
+            // The plugin kept the contract but the record is too big for
+            // the host: it is refused like any bad record, the parse goes on.
+            return Ok(Item::Error(RecordError {
+                code: "record-too-large".into(),
+                message: format!(
+                    "the record is {size} bytes once parsed; sluice accepts at most {} bytes per \
+                     record (split the record, or raise the limit)",
+                    self.limits.max_record_bytes
+                ),
+                field: None,
+                location,
+            }));
+        }
+        Ok(Item::Record(Record {
+            layout,
+            slots,
+            key,
+            data,
+            location,
+        }))
+    }
+
+    fn record_error(&mut self, e: wt::RecordError, fatal: bool) -> Result<RecordError, ParseError> {
+        let code_ok = !e.code.is_empty()
+            && e.code.len() <= MAX_CODE_BYTES
+            && e.code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !code_ok {
+            let shown: String = e.code.chars().take(MAX_CODE_BYTES).collect();
+            return Err(self.invalid(
+                "next",
+                format!("error code {shown:?} is not a kebab-case identifier of at most {MAX_CODE_BYTES} bytes"),
+            ));
+        }
+        let location = self.locate(e.location, fatal)?;
+        Ok(RecordError {
+            code: e.code,
+            message: truncate(e.message, self.limits.max_message_bytes),
+            field: e.field.map(|f| truncate(f, MAX_ERROR_FIELD_BYTES)),
+            location,
+        })
+    }
+}
+
+/// Cut `s` to at most `max` bytes at a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+fn begin_call(store: &mut Store<HostState>) {
+    store.set_epoch_deadline(1);
+    store.data_mut().budget.start();
+}
+
+/// Turn a failed call into the error that says what happened.
+fn classify(
+    store: &mut Store<HostState>,
+    who: &Who<'_>,
+    limits: &Limits,
+    call: &str,
+    ordinal: u64,
+    offset: u64,
+    err: wasmtime::Error,
+) -> ParseError {
+    let st = store.data_mut();
+    if let Some(source) = st.input_error.take() {
+        return ParseError::Input {
+            offset: st.fed_to,
+            source,
+        };
+    }
+    let stderr = st.stderr.text();
+    let panic_message = panic_message(&stderr);
+    let (kind, detail) = match st.budget.tripped {
+        Some(Tripped::Cancelled) => return ParseError::Cancelled,
+        Some(Tripped::Cpu) => (
+            FaultKind::CpuBudget,
+            format!(
+                "one call used more than {:?} of CPU time",
+                limits.cpu_per_call
+            ),
+        ),
+        Some(Tripped::Wall) => (
+            FaultKind::Deadline,
+            format!("one call took longer than {:?}", limits.wall_per_call),
+        ),
+        None if st.memory.hit => (
+            FaultKind::OutOfMemory,
+            format!(
+                "it needed more than {} MiB of memory",
+                limits.memory_bytes >> 20
+            ),
+        ),
+        None => match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::StackOverflow) => (
+                FaultKind::StackOverflow,
+                "it recursed too deep and overflowed its stack".to_owned(),
+            ),
+            Some(trap) if panic_message.is_some() => {
+                (FaultKind::Panic, format!("it panicked ({trap})"))
+            }
+            Some(trap) => (FaultKind::Trap, format!("it trapped: {trap}")),
+            None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                Some(exit) => (FaultKind::Trap, format!("it called exit({})", exit.0)),
+                None => (FaultKind::Trap, format!("{err:#}")),
+            },
+        },
+    };
+    ParseError::Fault(PluginFault {
+        kind,
+        plugin: who.name.to_owned(),
+        version: who.version.to_owned(),
+        digest: who.digest.hex(),
+        call: call.to_owned(),
+        ordinal,
+        offset,
+        detail,
+        panic_message,
+    })
+}
+
+/// The message of a Rust panic from what the guest wrote to stderr:
+/// `thread '…' panicked at src/lib.rs:3:5:\nmessage\nnote: …`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let after = &stderr[stderr.find("panicked at ")? + "panicked at ".len()..];
+    let (place, rest) = after.split_once(":\n").unwrap_or((after, ""));
+    let message = rest.split("\nnote: ").next().unwrap_or("").trim();
+    Some(if message.is_empty() {
+        format!("panicked at {}", place.trim())
+    } else {
+        format!("{message} (at {})", place.trim())
+    })
+}
+
+/// Call `describe()` in a fresh, empty-input store and check what comes
+/// back.
+pub(super) fn describe(
+    sandbox: &Sandbox,
+    pre: &AdapterPre<HostState>,
+    what: &str,
+    digest: Digest,
+) -> Result<AdapterInfo, PluginFault> {
+    let limits = sandbox.config().limits.clone();
+    let state = HostState::new(what, &limits, Box::new(std::io::empty()), 0, None);
+    let mut store = sandbox.new_store(state);
+    let who = Who {
+        name: what,
+        version: "?",
+        digest,
+    };
+    let fault =
+        |store: &mut Store<HostState>, call, e| match classify(store, &who, &limits, call, 0, 0, e)
+        {
+            ParseError::Fault(f) => f,
+            other => PluginFault {
+                kind: FaultKind::Trap,
+                plugin: what.to_owned(),
+                version: "?".into(),
+                digest: digest.hex(),
+                call: call.to_owned(),
+                ordinal: 0,
+                offset: 0,
+                detail: other.to_string(),
+                panic_message: None,
+            },
+        };
+    begin_call(&mut store);
+    let guest = pre
+        .instantiate(&mut store)
+        .map_err(|e| fault(&mut store, "instantiate", e))?;
+    begin_call(&mut store);
+    let info = guest
+        .sluice_adapter_parse()
+        .call_describe(&mut store)
+        .map_err(|e| fault(&mut store, "describe", e))?;
+    let invalid = |detail: String| PluginFault {
+        kind: FaultKind::InvalidOutput,
+        plugin: what.to_owned(),
+        version: info.version.chars().take(64).collect(),
+        digest: digest.hex(),
+        call: "describe".into(),
+        ordinal: 0,
+        offset: 0,
+        detail,
+        panic_message: None,
+    };
+    let name_ok = !info.name.is_empty()
+        && info.name.len() <= 64
+        && info
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(invalid(format!(
+            "name {:?} is not a lowercase identifier of 1 to 64 characters",
+            info.name.chars().take(80).collect::<String>()
+        )));
+    }
+    if info.version.is_empty() || info.version.len() > 64 {
+        return Err(invalid("version must be 1 to 64 characters".into()));
+    }
+    let lists = [&info.formats, &info.extensions, &info.media_types];
+    if lists
+        .iter()
+        .any(|l| l.len() > 256 || l.iter().any(|s| s.len() > 256))
+        || info.options.len() > 256
+        || info.description.len() > 4096
+        || info.options.iter().any(|o| {
+            o.name.len() > 256
+                || o.description.len() > 4096
+                || o.default.as_ref().is_some_and(|d| d.len() > 4096)
+        })
+    {
+        return Err(invalid(
+            "its description is larger than the host accepts".into(),
+        ));
+    }
+    Ok(AdapterInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        formats: info
+            .formats
+            .into_iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+        extensions: info
+            .extensions
+            .into_iter()
+            .map(|s| s.trim_start_matches('.').to_ascii_lowercase())
+            .collect(),
+        media_types: info.media_types,
+        options: info
+            .options
+            .into_iter()
+            .map(|o| OptionInfo {
+                name: o.name,
+                description: o.description,
+                default: o.default,
+            })
+            .collect(),
+        resumable: info.resumable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nboom at 3\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("boom at 3 (at src/lib.rs:10:5)")
+        );
+        assert_eq!(panic_message("nothing here"), None);
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("ééé".into(), 5), "é...");
+        assert_eq!(truncate("short".into(), 10), "short");
+    }
+}

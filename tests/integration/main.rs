@@ -1,0 +1,6 @@
+//! sluice's integration tests: one binary, a module per concern. They use
+//! the real wasmtime, real plugin components built from `plugins/` and
+//! `tests/guests/`, real files and real processes.
+
+mod common;
+mod sandbox;
