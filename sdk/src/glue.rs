@@ -64,7 +64,10 @@ impl<A: Adapter> State<A> {
         if self.declared.last() == Some(&id) {
             return Some(self.declared.len() as u32 - 1);
         }
-        self.declared.iter().position(|&d| d == id).map(|i| i as u32)
+        self.declared
+            .iter()
+            .position(|&d| d == id)
+            .map(|i| i as u32)
     }
 }
 

@@ -62,7 +62,11 @@ impl Input {
     /// (each at least 1): the way the test harness varies chunk boundaries.
     pub fn from_bytes_with_plan(bytes: &[u8], plan: &[usize], start_offset: u64) -> Self {
         let plan: Vec<usize> = plan.iter().map(|&n| n.max(1)).collect();
-        let plan = if plan.is_empty() { vec![usize::MAX] } else { plan };
+        let plan = if plan.is_empty() {
+            vec![usize::MAX]
+        } else {
+            plan
+        };
         Self::new(
             Box::new(SliceSource {
                 bytes: bytes.to_vec(),

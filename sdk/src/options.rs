@@ -114,7 +114,10 @@ impl Options {
                 ));
             }
             if given[..i].iter().any(|(n, _)| n == name) {
-                return Err(ConfigError::option(name, "given more than once; pass it once"));
+                return Err(ConfigError::option(
+                    name,
+                    "given more than once; pass it once",
+                ));
             }
         }
         Ok(Options {
@@ -231,7 +234,10 @@ mod tests {
         assert_eq!(e.option.as_deref(), Some("delim"));
         assert!(e.message.contains("delimiter, header"), "{e}");
         let e = Options::new(
-            vec![("header".into(), "true".into()), ("header".into(), "no".into())],
+            vec![
+                ("header".into(), "true".into()),
+                ("header".into(), "no".into()),
+            ],
             &declared(),
         )
         .unwrap_err();
@@ -242,6 +248,9 @@ mod tests {
     fn bad_values_name_the_option() {
         let o = Options::new(vec![("header".into(), "maybe".into())], &declared()).unwrap();
         let e = o.flag("header").unwrap_err();
-        assert_eq!(e.to_string(), "option \"header\": invalid value \"maybe\": use true or false");
+        assert_eq!(
+            e.to_string(),
+            "option \"header\": invalid value \"maybe\": use true or false"
+        );
     }
 }

@@ -137,7 +137,10 @@ pub fn first_duplicate(names: &[String]) -> Option<&str> {
         None
     } else {
         let mut seen = std::collections::HashSet::with_capacity(names.len());
-        names.iter().find(|n| !seen.insert(n.as_str())).map(String::as_str)
+        names
+            .iter()
+            .find(|n| !seen.insert(n.as_str()))
+            .map(String::as_str)
     }
 }
 
@@ -270,9 +273,8 @@ impl Record {
 
     /// The natural key, if the adapter set one.
     pub fn key(&self) -> Option<&str> {
-        self.key.map(|(s, l)| {
-            std::str::from_utf8(self.slice(s, l)).expect("keys are stored from &str")
-        })
+        self.key
+            .map(|(s, l)| std::str::from_utf8(self.slice(s, l)).expect("keys are stored from &str"))
     }
 
     /// Where the record came from.

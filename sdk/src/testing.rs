@@ -24,7 +24,9 @@
 use std::fmt::Write as _;
 use std::marker::PhantomData;
 
-use crate::{Adapter, Checkpoint, ConfigError, Input, Item, Level, Options, Record, RecordError, Value};
+use crate::{
+    Adapter, Checkpoint, ConfigError, Input, Item, Level, Options, Record, RecordError, Value,
+};
 
 /// Chunk plans [`Harness::check`] parses with; each cycles through its sizes.
 /// `usize::MAX` hands out the whole input at once.
@@ -265,7 +267,9 @@ impl<A: Adapter> Harness<A> {
             panic!("{e}\nitems:\n{}", reference.to_json_lines());
         }
         for plan in &CHUNK_PLANS[1..] {
-            let out = self.run_with_chunks(input, plan).expect("options accepted once");
+            let out = self
+                .run_with_chunks(input, plan)
+                .expect("options accepted once");
             if let Some(diff) = first_difference(&reference.items, &out.items) {
                 panic!("chunk plan {plan:?} changes the output: {diff}");
             }
@@ -279,8 +283,13 @@ impl<A: Adapter> Harness<A> {
     fn check_resumes(&self, input: &[u8], reference: &Output) {
         let n = reference.items.len();
         let step = n.div_ceil(MAX_RESUMES).max(1);
-        let mut starts: Vec<(usize, &Option<Checkpoint>)> = vec![(0, &reference.initial_checkpoint)];
-        starts.extend((0..n).step_by(step).map(|i| (i + 1, &reference.checkpoints[i])));
+        let mut starts: Vec<(usize, &Option<Checkpoint>)> =
+            vec![(0, &reference.initial_checkpoint)];
+        starts.extend(
+            (0..n)
+                .step_by(step)
+                .map(|i| (i + 1, &reference.checkpoints[i])),
+        );
         for (done, cp) in starts {
             if done >= n {
                 continue;
@@ -303,7 +312,9 @@ impl<A: Adapter> Harness<A> {
                     .unwrap_or_else(|e| panic!("resume after item {done} refused: {e}"));
                 let out = drain(parser, input.len());
                 if let Some(diff) = first_difference(&reference.items[done..], &out.items) {
-                    panic!("resuming after item {done} (offset {offset}) changes the output: {diff}");
+                    panic!(
+                        "resuming after item {done} (offset {offset}) changes the output: {diff}"
+                    );
                 }
             }
         }
@@ -369,7 +380,10 @@ pub fn check_rules(
             }
         };
         if loc.ordinal != ordinal {
-            return Err(format!("item {i}: ordinal {} where {ordinal} was due", loc.ordinal));
+            return Err(format!(
+                "item {i}: ordinal {} where {ordinal} was due",
+                loc.ordinal
+            ));
         }
         if loc.offset < pos {
             return Err(format!(
@@ -405,11 +419,6 @@ fn first_difference(expected: &[Item], got: &[Item]) -> Option<String> {
             ));
         }
     }
-    (expected.len() != got.len()).then(|| {
-        format!(
-            "{} items expected, {} produced",
-            expected.len(),
-            got.len()
-        )
-    })
+    (expected.len() != got.len())
+        .then(|| format!("{} items expected, {} produced", expected.len(), got.len()))
 }

@@ -38,7 +38,11 @@ impl Adapter for Lines {
         }
     }
 
-    fn open(input: Input, options: &Options, resume: Option<Checkpoint>) -> Result<Self, ConfigError> {
+    fn open(
+        input: Input,
+        options: &Options,
+        resume: Option<Checkpoint>,
+    ) -> Result<Self, ConfigError> {
         let max_line = options.parse::<usize>("max-line-bytes")?.unwrap_or(65536);
         // A checkpoint carries the line and ordinal counters; the input
         // itself restarts at the checkpoint's offset.
@@ -94,11 +98,19 @@ impl Adapter for Lines {
                 continue; // blank lines are not records
             }
             self.ordinal += 1;
-            let location = Location { offset, length, line: self.line, ordinal: self.ordinal };
+            let location = Location {
+                offset,
+                length,
+                line: self.line,
+                ordinal: self.ordinal,
+            };
             if text.len() > self.max_line {
                 return Item::Error(RecordError::new(
                     codes::RECORD_TOO_LONG,
-                    format!("line is longer than max-line-bytes ({} bytes)", self.max_line),
+                    format!(
+                        "line is longer than max-line-bytes ({} bytes)",
+                        self.max_line
+                    ),
                     location,
                 ));
             }
@@ -110,7 +122,10 @@ impl Adapter for Lines {
                 }
                 Err(e) => Item::Error(RecordError::new(
                     codes::INVALID_UTF8,
-                    format!("line is not UTF-8 (bad byte at column {})", e.valid_up_to() + 1),
+                    format!(
+                        "line is not UTF-8 (bad byte at column {})",
+                        e.valid_up_to() + 1
+                    ),
                     location,
                 )),
             };
@@ -137,7 +152,11 @@ mod tests {
         let out = Harness::<Lines>::new().check(b"alpha\r\n\nbeta\ngamma");
         assert_eq!(
             out.rows(),
-            [[Some("alpha".to_owned())], [Some("beta".to_owned())], [Some("gamma".to_owned())]]
+            [
+                [Some("alpha".to_owned())],
+                [Some("beta".to_owned())],
+                [Some("gamma".to_owned())]
+            ]
         );
         let lines: Vec<u64> = out.records().map(|r| r.location().line).collect();
         assert_eq!(lines, [1, 3, 4]);
