@@ -1,5 +1,11 @@
 //! sluice: a crash-safe bulk import pipeline whose format parsers are
 //! sandboxed WebAssembly plugins.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the flow of a record
+//! from upload to target.
 
+pub mod archive;
+pub mod cli;
 pub mod record;
+pub mod registry;
 pub mod sandbox;

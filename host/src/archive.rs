@@ -1,0 +1,1 @@
+//! ZIP intake (work in progress).
