@@ -1,3 +1,6 @@
+// Build scripts talk to cargo on stdout.
+#![allow(clippy::print_stdout)]
+
 //! Builds the bundled format plugins (csv, xml, fixed-width) as WebAssembly
 //! components, so the `sluice` binary embeds them and needs no install step.
 

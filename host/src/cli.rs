@@ -1,30 +1,35 @@
 //! The `sluice` command line: one front end over the library.
 //!
-//! Exit codes (automation depends on them): 0 success, every record good;
-//! 3 finished, but some records were rejected or failed; 1 the job or
-//! command failed or could not run; 2 usage error.
+//! Exit codes (automation depends on them): 0 completed, every record
+//! applied; 3 completed, but some records were rejected or failed; 1 the
+//! job failed or could not run; 2 usage error.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value as Json, json};
 
+use crate::engine::{Engine, EngineConfig, EngineError, ImportRequest, Submitted};
+use crate::journal::{JobId, JobRecord, JobState};
+use crate::progress::Progress;
 use crate::record::Item;
-use crate::registry::{Registry, Scope};
-use crate::sandbox::{ParseError, Sandbox, SandboxConfig};
+use crate::registry::Scope;
+use crate::sandbox::ParseError;
 
-/// Exit code: success, every record good.
+/// Exit code: completed, every record applied.
 pub const EXIT_OK: u8 = 0;
-/// Exit code: the job or command failed or could not run.
+/// Exit code: the job failed or could not run.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: usage error.
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: finished, but some records were rejected or failed.
+/// Exit code: completed, but some records were rejected or failed.
 pub const EXIT_PARTIAL: u8 = 3;
+
+/// Tenant used when none is given.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// Crash-safe bulk import with sandboxed format plugins.
 #[derive(Debug, Parser)]
@@ -45,6 +50,33 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Import a file (or stdin) into the store: spool, validate, apply.
+    Import(ImportArgs),
+    /// Resume every unfinished job and remove spool debris.
+    Recover,
+    /// List jobs.
+    Jobs {
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: state, counts, timings, plugin, errors by code.
+    Job {
+        id: JobId,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a job's per-record error report.
+    Errors {
+        id: JobId,
+        /// Report format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+    },
+    /// Read the embedded store.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// List the plugins a tenant can use (tenant's, then global, then bundled).
     Plugins {
         /// Include this tenant's own plugins.
@@ -57,6 +89,50 @@ pub enum Command {
     /// Install or test a plugin.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The file to import, or - for stdin.
+    pub path: String,
+    /// Format or plugin name (default: by the file's extension).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Tenant the records belong to.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    pub tenant: String,
+    /// Field whose value identifies each record (default: the plugin's
+    /// natural key, else the record's position in the upload).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Plugin option, repeatable.
+    #[arg(long = "option", short = 'o', value_name = "K=V", value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
+    /// Validate only: run pass 1 and print the report.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Start a new job even if this exact import was done before.
+    #[arg(long)]
+    pub new: bool,
+    /// Print JSON lines (progress, error, summary) instead of bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Print records as JSON lines, sorted by kind then key.
+    Export {
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +188,13 @@ impl<E: std::error::Error> From<E> for Failure {
     }
 }
 
+fn fail(message: impl Into<String>) -> Failure {
+    Failure {
+        code: EXIT_FAILED,
+        message: message.into(),
+    }
+}
+
 /// The data directory: the flag or SLUICE_DATA_DIR, else the XDG default.
 pub fn data_dir(given: Option<PathBuf>) -> PathBuf {
     if let Some(d) = given {
@@ -162,39 +245,450 @@ fn init_tracing(verbose: u8) {
         .try_init();
 }
 
-/// Everything commands share: the data directory, the sandbox, the registry.
-struct Context {
-    registry: Registry,
-    sandbox: Arc<Sandbox>,
-}
-
-impl Context {
-    fn open(data_dir: &Path) -> Result<Self, Failure> {
-        let config = SandboxConfig {
-            cache_dir: Some(data_dir.join("cache")),
-            ..SandboxConfig::default()
-        };
-        let sandbox = Arc::new(Sandbox::new(config)?);
-        Ok(Context {
-            registry: Registry::new(data_dir, sandbox.clone()),
-            sandbox,
-        })
-    }
-}
-
 /// Run a parsed command, writing its output to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, Failure> {
     let data_dir = data_dir(cli.data_dir);
-    let ctx = Context::open(&data_dir)?;
+    let engine = Engine::open(&data_dir, engine_config()?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("cannot start the async runtime: {e}")))?;
     match cli.command {
-        Command::Plugins { tenant, json } => list_plugins(&ctx, tenant.as_deref(), json, out),
-        Command::Plugin(PluginCommand::Add { file, tenant }) => add_plugin(&ctx, &file, tenant.as_deref(), out),
-        Command::Plugin(PluginCommand::Test(t)) => test_plugin(&ctx, t, out),
+        Command::Import(args) => runtime.block_on(import(&engine, args, out)),
+        Command::Recover => runtime.block_on(recover(&engine, out)),
+        Command::Jobs { json } => list_jobs(&engine, json, out),
+        Command::Job { id, json } => show_job(&engine, id, json, out),
+        Command::Errors { id, format } => write_errors(&engine, id, format, out),
+        Command::Store(StoreCommand::Export { tenant }) => {
+            engine.store().export(tenant.as_deref(), out)?;
+            Ok(EXIT_OK)
+        }
+        Command::Plugins { tenant, json } => list_plugins(&engine, tenant.as_deref(), json, out),
+        Command::Plugin(PluginCommand::Add { file, tenant }) => {
+            add_plugin(&engine, &file, tenant.as_deref(), out)
+        }
+        Command::Plugin(PluginCommand::Test(t)) => test_plugin(&engine, t, out),
     }
 }
 
-fn list_plugins(ctx: &Context, tenant: Option<&str>, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
-    let entries = ctx.registry.list(tenant)?;
+/// Engine settings, with the tuning knobs the environment may set:
+/// `SLUICE_INTERVAL_ITEMS` (records per group commit).
+fn engine_config() -> Result<EngineConfig, Failure> {
+    let mut config = EngineConfig::default();
+    if let Ok(v) = std::env::var("SLUICE_INTERVAL_ITEMS") {
+        config.interval_items = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| Failure {
+            code: EXIT_USAGE,
+            message: format!("SLUICE_INTERVAL_ITEMS must be a positive integer, not {v:?}"),
+        })?;
+    }
+    Ok(config)
+}
+
+/// Exit code for a finished job.
+pub fn exit_code(job: &JobRecord) -> u8 {
+    match job.state {
+        JobState::Completed | JobState::Validated
+            if job.counts.rejected + job.counts.failed == 0 =>
+        {
+            EXIT_OK
+        }
+        JobState::Completed | JobState::Validated => EXIT_PARTIAL,
+        _ => EXIT_FAILED,
+    }
+}
+
+async fn recover(engine: &Engine, out: &mut dyn Write) -> Result<u8, Failure> {
+    let report = engine.recover().await?;
+    writeln!(
+        out,
+        "recovery: {} jobs resumed, {} not resumed, {} spool files removed",
+        report.resumed.len(),
+        report.not_resumed.len(),
+        report.files_removed
+    )?;
+    for (id, state) in &report.resumed {
+        writeln!(out, "  job {id}: {state}")?;
+    }
+    for (id, why) in &report.not_resumed {
+        writeln!(out, "  job {id}: not resumed: {why}")?;
+    }
+    Ok(if report.not_resumed.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+async fn import(engine: &Engine, args: ImportArgs, out: &mut dyn Write) -> Result<u8, Failure> {
+    // Unfinished jobs first: a crash must not leave work behind.
+    let report = engine.recover().await?;
+    if !report.resumed.is_empty() {
+        tracing::warn!(jobs = ?report.resumed, "resumed unfinished jobs before importing");
+    }
+    let req = ImportRequest {
+        source: args.path.clone(),
+        tenant: args.tenant.clone(),
+        format: args.format.clone(),
+        key: args.key.clone(),
+        options: args.options.clone(),
+        dry_run: args.dry_run,
+        force_new: args.new,
+    };
+    let submitted = if args.path == "-" {
+        engine.submit(req, tokio::io::stdin()).await?
+    } else {
+        let file = tokio::fs::File::open(&args.path)
+            .await
+            .map_err(|e| fail(format!("cannot open {}: {e}", args.path)))?;
+        engine.submit(req, file).await?
+    };
+    let id = submitted.job();
+    let existing = matches!(submitted, Submitted::Existing(_));
+    let before = engine.journal().job(id)?;
+    if existing && !args.json {
+        writeln!(
+            io::stderr(),
+            "this exact import is job {id} ({}); not importing it twice (use --new to force)",
+            before.state
+        )?;
+    }
+    let job = if before.state.is_terminal() {
+        before
+    } else {
+        run_with_progress(engine, id, args.json, out).await?
+    };
+    report_job(engine, &job, existing, args.json, out)?;
+    Ok(exit_code(&job))
+}
+
+/// Run a job, showing progress bars on a terminal or JSON progress lines.
+async fn run_with_progress(
+    engine: &Engine,
+    id: JobId,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<JobRecord, Failure> {
+    let runner = engine.clone();
+    let mut task = tokio::spawn(async move { runner.run(id).await });
+    let bar = (!json && io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(if json { 1000 } else { 200 }));
+    let result = loop {
+        tokio::select! {
+            r = &mut task => break r,
+            _ = tick.tick() => {
+                let Ok(job) = engine.journal().job(id) else { continue };
+                let p = Progress::of(&job);
+                if let Some(bar) = &bar {
+                    draw(bar, &p);
+                } else if json {
+                    let mut v = serde_json::to_value(&p)?;
+                    v["type"] = json!("progress");
+                    writeln!(out, "{v}")?;
+                }
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let job = result.map_err(|e| fail(format!("job {id} task failed: {e}")))?;
+    match job {
+        Ok(job) => Ok(job),
+        Err(e @ EngineError::Stopped { .. }) => Err(fail(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn draw(bar: &indicatif::ProgressBar, p: &Progress) {
+    let (phase, pos, len) = match p.state {
+        JobState::Spooled | JobState::Scanning => ("validate", p.scanned_bytes, p.bytes),
+        _ => ("apply", p.processed, p.total.unwrap_or(p.scanned)),
+    };
+    bar.set_prefix(phase);
+    bar.set_length(len);
+    bar.set_position(pos);
+    let eta = p
+        .eta_secs
+        .map(|s| format!(", eta {}s", s.round()))
+        .unwrap_or_default();
+    bar.set_message(format!(
+        "{:.0}/s, {} rejected, {} failed{eta}",
+        p.rate, p.rejected, p.failed
+    ));
+}
+
+/// Most error lines an import prints; the full report is `sluice errors`.
+const MAX_ERROR_EVENTS: usize = 100;
+
+fn report_job(
+    engine: &Engine,
+    job: &JobRecord,
+    existing: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let mut shown = 0usize;
+    let mut more = 0u64;
+    engine
+        .journal()
+        .for_each_error(job.id, |part, ordinal, e| {
+            if shown >= MAX_ERROR_EVENTS {
+                more += 1;
+                return Ok(());
+            }
+            shown += 1;
+            if json {
+                let v = json!({"type": "error", "job": job.id, "part": part, "ordinal": ordinal,
+                "line": e.line, "offset": e.offset, "field": e.field, "code": e.code,
+                "stage": e.stage.as_str(), "message": e.message});
+                writeln!(out, "{v}")
+            } else {
+                let field = e
+                    .field
+                    .as_ref()
+                    .map(|f| format!(" field {f:?}"))
+                    .unwrap_or_default();
+                writeln!(
+                    io::stderr(),
+                    "  record {ordinal} (line {}, byte {}{field}): {} [{}:{}]",
+                    e.line,
+                    e.offset,
+                    e.message,
+                    e.stage.as_str(),
+                    e.code
+                )
+            }
+        })?;
+    let c = &job.counts;
+    let total = if job.totals_exact {
+        Some(c.scanned)
+    } else {
+        None
+    };
+    let elapsed = job.times.finished.unwrap_or_else(crate::journal::now_ms) - job.times.created;
+    if json {
+        let v = json!({"type": "summary", "job": job.id, "state": job.state, "tenant": job.tenant,
+            "source": job.source, "existing": existing, "dry_run": job.dry_run, "total": total,
+            "applied": c.applied, "rejected": c.rejected, "failed": c.failed,
+            "plugins": job.plugins, "errors_by_code": job.errors_by_code, "error": job.error,
+            "elapsed_ms": elapsed});
+        writeln!(out, "{v}")?;
+    } else {
+        if more > 0 {
+            writeln!(io::stderr(), "  ... and {more} more")?;
+        }
+        let what = if job.dry_run { "validated" } else { "imported" };
+        writeln!(
+            out,
+            "job {}: {}; {} records {what}: {} applied, {} rejected, {} failed ({:.1} s)",
+            job.id,
+            job.state,
+            total.map_or("?".to_owned(), |t| t.to_string()),
+            c.applied,
+            c.rejected,
+            c.failed,
+            elapsed as f64 / 1000.0
+        )?;
+        if let Some(e) = &job.error {
+            writeln!(out, "error: {e}")?;
+        }
+        if c.rejected + c.failed > 0 {
+            writeln!(out, "per-record errors: sluice errors {}", job.id)?;
+        }
+    }
+    Ok(())
+}
+
+fn list_jobs(engine: &Engine, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
+    let jobs = engine.journal().jobs()?;
+    if !json {
+        writeln!(
+            out,
+            "{:>5} {:<10} {:<12} {:>9} {:>9} {:>9} {:>7}  SOURCE",
+            "ID", "STATE", "TENANT", "TOTAL", "APPLIED", "REJECTED", "FAILED"
+        )?;
+    }
+    for j in jobs {
+        if json {
+            writeln!(out, "{}", job_json(engine, &j)?)?;
+        } else {
+            writeln!(
+                out,
+                "{:>5} {:<10} {:<12} {:>9} {:>9} {:>9} {:>7}  {}",
+                j.id,
+                j.state.as_str(),
+                j.tenant,
+                if j.totals_exact {
+                    j.counts.scanned.to_string()
+                } else {
+                    "?".into()
+                },
+                j.counts.applied,
+                j.counts.rejected,
+                j.counts.failed,
+                j.source
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn job_json(engine: &Engine, j: &JobRecord) -> Result<Json, Failure> {
+    let parts = engine.journal().parts(j.id)?;
+    Ok(json!({
+        "job": j.id, "state": j.state, "tenant": j.tenant, "source": j.source,
+        "dry_run": j.dry_run, "key": j.key_field, "options": j.options,
+        "bytes": j.upload.size, "digest": j.upload.digest,
+        "total": j.totals_exact.then_some(j.counts.scanned),
+        "counts": j.counts, "errors_by_code": j.errors_by_code, "times": j.times,
+        "plugins": parts.iter().map(|p| json!({"part": p.index, "name": p.name,
+            "plugin": p.plugin.name, "version": p.plugin.version, "digest": p.plugin.digest})).collect::<Vec<_>>(),
+        "progress": Progress::of(j), "error": j.error, "cancel_requested": j.cancel_requested,
+    }))
+}
+
+fn show_job(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
+    let j = engine.journal().job(id)?;
+    if json {
+        writeln!(out, "{}", job_json(engine, &j)?)?;
+        return Ok(EXIT_OK);
+    }
+    let p = Progress::of(&j);
+    let c = &j.counts;
+    writeln!(out, "job {}  {}", j.id, j.state)?;
+    writeln!(out, "  tenant     {}", j.tenant)?;
+    writeln!(
+        out,
+        "  source     {} ({} bytes, sha256 {})",
+        j.source,
+        j.upload.size,
+        &j.upload.digest[..16.min(j.upload.digest.len())]
+    )?;
+    for part in engine.journal().parts(id)? {
+        writeln!(
+            out,
+            "  part {}     {} via {} {} (sha256 {})",
+            part.index,
+            part.name,
+            part.plugin.name,
+            part.plugin.version,
+            &part.plugin.digest[..12]
+        )?;
+    }
+    if let Some(k) = &j.key_field {
+        writeln!(out, "  key        {k}")?;
+    }
+    writeln!(
+        out,
+        "  records    {} total, {} rejected, {} applied, {} failed",
+        p.total.map_or("?".into(), |t| t.to_string()),
+        c.rejected,
+        c.applied,
+        c.failed
+    )?;
+    if !j.state.is_terminal() {
+        let eta = p
+            .eta_secs
+            .map(|s| format!(", eta {s:.0} s"))
+            .unwrap_or_default();
+        writeln!(out, "  progress   {:.0} items/s{eta}", p.rate)?;
+    }
+    let t = &j.times;
+    let secs = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.1} s", b.saturating_sub(a) as f64 / 1000.0),
+        (Some(_), None) => "running".into(),
+        _ => "-".into(),
+    };
+    writeln!(
+        out,
+        "  timings    validate {}, apply {}, total {}",
+        secs(t.scan_started, t.scan_finished),
+        secs(
+            t.apply_started,
+            t.finished.filter(|_| t.apply_started.is_some())
+        ),
+        secs(Some(t.created), t.finished)
+    )?;
+    if !j.errors_by_code.is_empty() {
+        writeln!(out, "  errors by code")?;
+        for (code, n) in &j.errors_by_code {
+            writeln!(out, "    {n:>9}  {code}")?;
+        }
+    }
+    if let Some(e) = &j.error {
+        writeln!(out, "  error      {e}")?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn write_errors(
+    engine: &Engine,
+    id: JobId,
+    format: ReportFormat,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let job = engine.journal().job(id)?;
+    let parts = engine.journal().parts(id)?;
+    let part_name = |p: u32| {
+        parts
+            .iter()
+            .find(|x| x.index == p)
+            .map_or(String::new(), |x| x.name.clone())
+    };
+    match format {
+        ReportFormat::Jsonl => {
+            engine.journal().for_each_error(id, |part, ordinal, e| {
+                let v = json!({"job": job.id, "part": part_name(part), "ordinal": ordinal,
+                    "line": e.line, "offset": e.offset, "field": e.field, "code": e.code,
+                    "stage": e.stage.as_str(), "class": e.class, "attempts": e.attempts,
+                    "message": e.message, "record": e.record, "record_truncated": e.truncated});
+                writeln!(out, "{v}")
+            })?;
+        }
+        ReportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            w.write_record([
+                "job", "part", "ordinal", "line", "offset", "field", "code", "stage", "class",
+                "attempts", "message", "record",
+            ])?;
+            engine.journal().for_each_error(id, |part, ordinal, e| {
+                w.write_record([
+                    job.id.to_string(),
+                    part_name(part),
+                    ordinal.to_string(),
+                    e.line.to_string(),
+                    e.offset.to_string(),
+                    e.field.unwrap_or_default(),
+                    e.code,
+                    e.stage.as_str().to_owned(),
+                    e.class.unwrap_or_default(),
+                    e.attempts.to_string(),
+                    e.message,
+                    e.record,
+                ])
+                .map_err(io::Error::other)
+            })?;
+            w.flush()?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn list_plugins(
+    engine: &Engine,
+    tenant: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let entries = engine.registry().list(tenant)?;
     let mut seen_formats: Vec<String> = Vec::new();
     if !json {
         writeln!(
@@ -206,7 +700,8 @@ fn list_plugins(ctx: &Context, tenant: Option<&str>, json: bool, out: &mut dyn W
     for e in entries {
         // A format already served by an earlier (higher-priority) entry is
         // shadowed here.
-        let shadowed = !e.info.formats.is_empty() && e.info.formats.iter().all(|f| seen_formats.contains(f));
+        let shadowed =
+            !e.info.formats.is_empty() && e.info.formats.iter().all(|f| seen_formats.contains(f));
         seen_formats.extend(e.info.formats.iter().cloned());
         let scope = match (e.scope, &e.tenant) {
             (Scope::Tenant, Some(t)) => format!("tenant:{t}"),
@@ -235,12 +730,17 @@ fn list_plugins(ctx: &Context, tenant: Option<&str>, json: bool, out: &mut dyn W
     Ok(EXIT_OK)
 }
 
-fn add_plugin(ctx: &Context, file: &Path, tenant: Option<&str>, out: &mut dyn Write) -> Result<u8, Failure> {
-    let bytes = std::fs::read(file).map_err(|e| Failure {
-        code: EXIT_FAILED,
-        message: format!("cannot read {}: {e}", file.display()),
-    })?;
-    let entry = ctx.registry.install(&file.display().to_string(), &bytes, tenant)?;
+fn add_plugin(
+    engine: &Engine,
+    file: &Path,
+    tenant: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let bytes =
+        std::fs::read(file).map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+    let entry = engine
+        .registry()
+        .install(&file.display().to_string(), &bytes, tenant)?;
     writeln!(
         out,
         "installed {} {} (sha256 {}) for {}; formats: {}; extensions: {}",
@@ -254,25 +754,26 @@ fn add_plugin(ctx: &Context, file: &Path, tenant: Option<&str>, out: &mut dyn Wr
     Ok(EXIT_OK)
 }
 
-fn test_plugin(ctx: &Context, t: PluginTest, out: &mut dyn Write) -> Result<u8, Failure> {
+fn test_plugin(engine: &Engine, t: PluginTest, out: &mut dyn Write) -> Result<u8, Failure> {
     let as_file = Path::new(&t.plugin);
     let plugin = if t.plugin.ends_with(".wasm") || as_file.is_file() {
-        let bytes = std::fs::read(as_file).map_err(|e| Failure {
-            code: EXIT_FAILED,
-            message: format!("cannot read {}: {e}", as_file.display()),
-        })?;
-        ctx.sandbox.load(&t.plugin, &bytes)?
+        let bytes = std::fs::read(as_file)
+            .map_err(|e| fail(format!("cannot read {}: {e}", as_file.display())))?;
+        engine.sandbox().load(&t.plugin, &bytes)?
     } else {
-        ctx.registry.resolve(t.tenant.as_deref(), &t.plugin)?.1
+        engine.registry().resolve(t.tenant.as_deref(), &t.plugin)?.1
     };
-    let input = std::fs::File::open(&t.input).map_err(|e| Failure {
-        code: EXIT_FAILED,
-        message: format!("cannot open {}: {e}", t.input.display()),
-    })?;
+    let input = std::fs::File::open(&t.input)
+        .map_err(|e| fail(format!("cannot open {}: {e}", t.input.display())))?;
     let started = Instant::now();
-    let mut parse = ctx
-        .sandbox
-        .open(&plugin, Box::new(io::BufReader::new(input)), &t.options, None, None, None)?;
+    let mut parse = engine.sandbox().open(
+        &plugin,
+        Box::new(io::BufReader::new(input)),
+        &t.options,
+        None,
+        None,
+        None,
+    )?;
     let (mut records, mut errors) = (0u64, 0u64);
     let mut outcome = "end";
     let mut code = EXIT_OK;

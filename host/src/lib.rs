@@ -4,8 +4,16 @@
 //! See `ARCHITECTURE.md` at the repository root for the flow of a record
 //! from upload to target.
 
+pub mod apply;
 pub mod archive;
 pub mod cli;
+pub mod engine;
+pub mod faults;
+pub mod journal;
+pub mod progress;
 pub mod record;
 pub mod registry;
 pub mod sandbox;
+pub mod scan;
+pub mod sink;
+pub mod spool;

@@ -16,6 +16,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::sandbox::{AdapterInfo, Digest, LoadError, Plugin, Sandbox};
 
+impl From<LoadError> for RegistryError {
+    fn from(e: LoadError) -> Self {
+        RegistryError::Load(Box::new(e))
+    }
+}
+
 /// The plugins compiled into this binary.
 pub mod bundled {
     /// `(file name, component bytes)` of each bundled plugin.
@@ -57,12 +63,12 @@ impl Entry {
     /// Whether this entry handles `selector` (a plugin name or format name).
     fn handles(&self, selector: &str) -> bool {
         let s = selector.to_ascii_lowercase();
-        self.info.name == s || self.info.formats.iter().any(|f| *f == s)
+        self.info.name == s || self.info.formats.contains(&s)
     }
 
     fn handles_extension(&self, ext: &str) -> bool {
         let ext = ext.trim_start_matches('.').to_ascii_lowercase();
-        self.info.extensions.iter().any(|e| *e == ext)
+        self.info.extensions.contains(&ext)
     }
 }
 
@@ -71,17 +77,24 @@ impl Entry {
 #[non_exhaustive]
 pub enum RegistryError {
     #[error(transparent)]
-    Load(#[from] LoadError),
+    Load(#[from] Box<LoadError>),
     #[error("plugin registry {path}: {source}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("plugin registry index {path} is corrupt ({detail}); restore it or remove it and reinstall the plugins")]
+    #[error(
+        "plugin registry index {path} is corrupt ({detail}); restore it or remove it and reinstall the plugins"
+    )]
     Corrupt { path: String, detail: String },
     #[error("no plugin handles {what}{}; list the available ones with `sluice plugins{}`", tenant.as_ref().map(|t| format!(" for tenant {t}")).unwrap_or_default(), tenant.as_ref().map(|t| format!(" --tenant {t}")).unwrap_or_default())]
-    NotFound { what: String, tenant: Option<String> },
-    #[error("installed plugin {digest} is missing or altered on disk ({path}); reinstall it with `sluice plugin add`")]
+    NotFound {
+        what: String,
+        tenant: Option<String>,
+    },
+    #[error(
+        "installed plugin {digest} is missing or altered on disk ({path}); reinstall it with `sluice plugin add`"
+    )]
     Tampered { digest: String, path: String },
     #[error("invalid tenant name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
     BadTenant(String),
@@ -194,10 +207,18 @@ impl Registry {
         let mut out: Vec<Entry> = index
             .plugins
             .iter()
-            .filter(|e| e.scope == Scope::Tenant && e.tenant.as_deref() == tenant && tenant.is_some())
+            .filter(|e| {
+                e.scope == Scope::Tenant && e.tenant.as_deref() == tenant && tenant.is_some()
+            })
             .cloned()
             .collect();
-        out.extend(index.plugins.iter().filter(|e| e.scope == Scope::Global).cloned());
+        out.extend(
+            index
+                .plugins
+                .iter()
+                .filter(|e| e.scope == Scope::Global)
+                .cloned(),
+        );
         out.extend(self.bundled()?.into_iter().map(|(e, _)| e));
         Ok(out)
     }
@@ -205,7 +226,12 @@ impl Registry {
     /// Validate, precompile and install a component for `tenant` (or for
     /// everyone). Installing a plugin with the name of one already in the
     /// same scope replaces it.
-    pub fn install(&self, what: &str, wasm: &[u8], tenant: Option<&str>) -> Result<Entry, RegistryError> {
+    pub fn install(
+        &self,
+        what: &str,
+        wasm: &[u8],
+        tenant: Option<&str>,
+    ) -> Result<Entry, RegistryError> {
         if let Some(t) = tenant {
             check_tenant(t)?;
         }
@@ -220,7 +246,11 @@ impl Registry {
         }
         let entry = Entry {
             digest,
-            scope: if tenant.is_some() { Scope::Tenant } else { Scope::Global },
+            scope: if tenant.is_some() {
+                Scope::Tenant
+            } else {
+                Scope::Global
+            },
             tenant: tenant.map(str::to_owned),
             installed_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -238,9 +268,9 @@ impl Registry {
         lock.lock().map_err(io_err(&lock_path))?;
         let mut index = self.read_index()?;
         index.version = 1;
-        index
-            .plugins
-            .retain(|e| !(e.scope == entry.scope && e.tenant == entry.tenant && e.info.name == entry.info.name));
+        index.plugins.retain(|e| {
+            !(e.scope == entry.scope && e.tenant == entry.tenant && e.info.name == entry.info.name)
+        });
         index.plugins.push(entry.clone());
         let json = serde_json::to_vec_pretty(&index).expect("the index serializes");
         write_atomic(&self.index_path(), &json)?;
@@ -250,13 +280,23 @@ impl Registry {
     }
 
     /// The plugin `tenant` uses for `selector` (a plugin or format name).
-    pub fn resolve(&self, tenant: Option<&str>, selector: &str) -> Result<(Entry, Arc<Plugin>), RegistryError> {
+    pub fn resolve(
+        &self,
+        tenant: Option<&str>,
+        selector: &str,
+    ) -> Result<(Entry, Arc<Plugin>), RegistryError> {
         self.find(tenant, selector, |e| e.handles(selector))
     }
 
     /// The plugin `tenant` uses for files with extension `ext`.
-    pub fn resolve_extension(&self, tenant: Option<&str>, ext: &str) -> Result<(Entry, Arc<Plugin>), RegistryError> {
-        self.find(tenant, &format!("files with extension .{ext}"), |e| e.handles_extension(ext))
+    pub fn resolve_extension(
+        &self,
+        tenant: Option<&str>,
+        ext: &str,
+    ) -> Result<(Entry, Arc<Plugin>), RegistryError> {
+        self.find(tenant, &format!("files with extension .{ext}"), |e| {
+            e.handles_extension(ext)
+        })
     }
 
     /// The plugin with this digest, wherever it is installed (for resuming a
@@ -315,7 +355,9 @@ impl Registry {
         if Digest::of(&bytes).hex() != entry.digest {
             return Err(tampered());
         }
-        Ok(self.sandbox.load(&format!("plugin {}", entry.info.name), &bytes)?)
+        Ok(self
+            .sandbox
+            .load(&format!("plugin {}", entry.info.name), &bytes)?)
     }
 }
 
@@ -332,6 +374,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RegistryErro
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
     Ok(())
 }

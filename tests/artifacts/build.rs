@@ -1,3 +1,6 @@
+// Build scripts talk to cargo on stdout.
+#![allow(clippy::print_stdout)]
+
 //! Builds the test guests (tests/guests/*) as wasm32-wasip2 components and
 //! exposes their paths as constants, like the bundled plugins in host/.
 

@@ -1,7 +1,11 @@
 //! Shared fixtures.
 
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use sluice::engine::{Engine, EngineConfig, EngineError, ImportRequest, Submitted};
+use sluice::journal::JobRecord;
 use sluice::sandbox::{Plugin, Sandbox, SandboxConfig};
 
 /// One sandbox for the whole test binary, as in a real process.
@@ -12,10 +16,13 @@ pub fn sandbox() -> &'static Sandbox {
 
 /// The hostile test guest.
 pub fn hostile() -> Arc<Plugin> {
-    let bytes = std::fs::read(sluice_test_artifacts::HOSTILE).expect("hostile guest built");
     sandbox()
-        .load("hostile.wasm", &bytes)
+        .load("hostile.wasm", &hostile_bytes())
         .expect("hostile guest loads")
+}
+
+pub fn hostile_bytes() -> Vec<u8> {
+    std::fs::read(sluice_test_artifacts::HOSTILE).expect("hostile guest built")
 }
 
 /// `key=value` pairs as owned options.
@@ -26,9 +33,124 @@ pub fn opts(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Path of a file under tests/data.
-pub fn data(path: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/data")
-        .join(path)
+/// Compiled components shared by every engine the tests open, so each test
+/// does not recompile the bundled plugins.
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("sluice-component-cache")
+}
+
+/// An engine config for tests: small intervals, so a few records span
+/// several group commits.
+pub fn test_config(interval_items: u64) -> EngineConfig {
+    let mut config = EngineConfig {
+        interval_items,
+        ..EngineConfig::default()
+    };
+    config.sandbox.cache_dir = Some(shared_cache());
+    config.retry_base = std::time::Duration::from_millis(5);
+    config
+}
+
+/// A data directory with an engine on it.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub engine: Engine,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    pub fn new(interval_items: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), test_config(interval_items)).unwrap();
+        Fixture {
+            dir,
+            engine,
+            rt: runtime(),
+        }
+    }
+
+    /// Open another engine on the same data directory, as a restarted
+    /// process would.
+    pub fn reopen(self, config: EngineConfig) -> Self {
+        let Fixture { dir, engine, rt } = self;
+        drop(engine); // let go of the database files first
+        let engine = Engine::open(dir.path(), config).unwrap();
+        Fixture { dir, engine, rt }
+    }
+
+    /// Submit `bytes` as `name` and run the job to its end.
+    pub fn import(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        tweak: impl FnOnce(&mut ImportRequest),
+    ) -> JobRecord {
+        let id = self.submit(name, bytes, tweak).job();
+        self.run(id).expect("job runs")
+    }
+
+    pub fn submit(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        tweak: impl FnOnce(&mut ImportRequest),
+    ) -> Submitted {
+        let mut req = ImportRequest {
+            source: name.to_owned(),
+            tenant: "acme".into(),
+            ..ImportRequest::default()
+        };
+        tweak(&mut req);
+        self.rt
+            .block_on(self.engine.submit(req, Cursor::new(bytes.to_vec())))
+            .expect("submit")
+    }
+
+    pub fn run(&self, id: u64) -> Result<JobRecord, EngineError> {
+        self.rt.block_on(self.engine.run(id))
+    }
+
+    /// The store as `sluice store export` prints it.
+    pub fn export(&self) -> String {
+        let mut out = Vec::new();
+        self.engine.store().export(None, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Files left in the spool, temporary ones included.
+    pub fn spool_files(&self) -> Vec<String> {
+        let mut f = self.engine.spool().files().unwrap();
+        f.extend(self.engine.spool().temporary_files().unwrap());
+        f
+    }
+
+    /// Install the hostile guest for every tenant.
+    pub fn install_hostile(&self) {
+        self.engine
+            .registry()
+            .install("hostile.wasm", &hostile_bytes(), None)
+            .unwrap();
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `n` CSV rows `id,name,amount` with a header; every `bad_every`-th row
+/// (if non-zero) is ragged.
+pub fn csv_rows(n: usize, bad_every: usize) -> Vec<u8> {
+    let mut s = String::from("id,name,amount\n");
+    for i in 1..=n {
+        if bad_every != 0 && i % bad_every == 0 {
+            s.push_str(&format!("{i},ragged\n"));
+        } else {
+            s.push_str(&format!("{i},name-{i},{}\n", i * 7 % 1000));
+        }
+    }
+    s.into_bytes()
 }

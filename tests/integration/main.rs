@@ -3,4 +3,6 @@
 //! `tests/guests/`, real files and real processes.
 
 mod common;
+mod crash;
+mod engine;
 mod sandbox;

@@ -47,7 +47,7 @@ fn run(
 
 fn fault(result: Result<Item, ParseError>) -> PluginFault {
     match result {
-        Err(ParseError::Fault(f)) => f,
+        Err(ParseError::Fault(f)) => *f,
         other => panic!("expected a plugin fault, got {other:?}"),
     }
 }

@@ -124,13 +124,19 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl From<PluginFault> for ParseError {
+    fn from(f: PluginFault) -> Self {
+        ParseError::Fault(Box::new(f))
+    }
+}
+
 /// Why a parse stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
     /// The plugin failed.
     #[error(transparent)]
-    Fault(#[from] PluginFault),
+    Fault(Box<PluginFault>),
     /// The plugin refused its options (only from `open`).
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -162,7 +168,7 @@ pub enum LoadError {
     Describe {
         what: String,
         #[source]
-        source: PluginFault,
+        source: Box<PluginFault>,
     },
     /// Reading or writing the compiled-component cache failed.
     #[error("plugin cache {path}: {source}")]

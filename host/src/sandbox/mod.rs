@@ -164,19 +164,19 @@ impl fmt::Debug for Sandbox {
 /// The sandbox could not start (wasmtime refused its configuration).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot start the WebAssembly engine: {0}")]
-pub struct EngineError(String);
+pub struct StartError(String);
 
 impl Sandbox {
     /// Start the engine and its epoch ticker.
-    pub fn new(config: SandboxConfig) -> Result<Self, EngineError> {
+    pub fn new(config: SandboxConfig) -> Result<Self, StartError> {
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .parallel_compilation(true);
-        let engine = Engine::new(&wasm).map_err(|e| EngineError(e.to_string()))?;
+        let engine = Engine::new(&wasm).map_err(|e| StartError(e.to_string()))?;
         let mut linker = Linker::new(&engine);
-        host::link(&mut linker).map_err(|e| EngineError(e.to_string()))?;
+        host::link(&mut linker).map_err(|e| StartError(e.to_string()))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();
@@ -193,7 +193,7 @@ impl Sandbox {
                     }
                 }
             })
-            .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))?;
+            .map_err(|e| StartError(format!("cannot start the epoch thread: {e}")))?;
 
         Ok(Sandbox {
             engine,

@@ -165,7 +165,9 @@ impl Parse {
         self.store.data().log.dropped
     }
 
-    /// The next item.
+    /// The next item. (Not an `Iterator`: a parse ends with an error as
+    /// often as with an end, and must not be resumed after either.)
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Item, ParseError> {
         if self.status != Status::Running {
             return Err(ParseError::Finished);
@@ -270,7 +272,7 @@ impl Parse {
     /// End the parse with an invalid-output fault.
     fn invalid(&mut self, call: &str, detail: String) -> ParseError {
         self.status = Status::Failed;
-        ParseError::Fault(PluginFault {
+        ParseError::from(PluginFault {
             kind: FaultKind::InvalidOutput,
             plugin: self.plugin.info.name.clone(),
             version: self.plugin.info.version.clone(),
@@ -544,7 +546,7 @@ fn classify(
             },
         },
     };
-    ParseError::Fault(PluginFault {
+    ParseError::from(PluginFault {
         kind,
         plugin: who.name.to_owned(),
         version: who.version.to_owned(),
@@ -577,7 +579,7 @@ pub(super) fn describe(
     pre: &AdapterPre<HostState>,
     what: &str,
     digest: Digest,
-) -> Result<AdapterInfo, PluginFault> {
+) -> Result<AdapterInfo, Box<PluginFault>> {
     let limits = sandbox.config().limits.clone();
     let state = HostState::new(what, &limits, Box::new(std::io::empty()), 0, None);
     let mut store = sandbox.new_store(state);
@@ -590,7 +592,7 @@ pub(super) fn describe(
         |store: &mut Store<HostState>, call, e| match classify(store, &who, &limits, call, 0, 0, e)
         {
             ParseError::Fault(f) => f,
-            other => PluginFault {
+            other => Box::new(PluginFault {
                 kind: FaultKind::Trap,
                 plugin: what.to_owned(),
                 version: "?".into(),
@@ -600,7 +602,7 @@ pub(super) fn describe(
                 offset: 0,
                 detail: other.to_string(),
                 panic_message: None,
-            },
+            }),
         };
     begin_call(&mut store);
     let guest = pre
@@ -611,16 +613,18 @@ pub(super) fn describe(
         .sluice_adapter_parse()
         .call_describe(&mut store)
         .map_err(|e| fault(&mut store, "describe", e))?;
-    let invalid = |detail: String| PluginFault {
-        kind: FaultKind::InvalidOutput,
-        plugin: what.to_owned(),
-        version: info.version.chars().take(64).collect(),
-        digest: digest.hex(),
-        call: "describe".into(),
-        ordinal: 0,
-        offset: 0,
-        detail,
-        panic_message: None,
+    let invalid = |detail: String| {
+        Box::new(PluginFault {
+            kind: FaultKind::InvalidOutput,
+            plugin: what.to_owned(),
+            version: info.version.chars().take(64).collect(),
+            digest: digest.hex(),
+            call: "describe".into(),
+            ordinal: 0,
+            offset: 0,
+            detail,
+            panic_message: None,
+        })
     };
     let name_ok = !info.name.is_empty()
         && info.name.len() <= 64

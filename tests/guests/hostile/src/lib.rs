@@ -7,7 +7,7 @@
 
 use sluice_sdk::{
     Adapter, AdapterInfo, Checkpoint, ConfigError, Input, Item, Layout, Level, Location,
-    OptionInfo, Options, Record, log,
+    OptionInfo, Options, Record, StateReader, StateWriter, log,
 };
 use std::hint::black_box;
 
@@ -17,9 +17,11 @@ pub struct Hostile {
     after: u64,
     layout: Layout,
     ordinal: u64,
+    /// Opened from a checkpoint.
+    resumed: bool,
 }
 
-const MODES: &str = "ok | loop-open | loop | grow-memory | recurse | gigantic | recurse-buffers | many-fields | \
+const MODES: &str = "ok | drift | loop-open | loop | grow-memory | recurse | gigantic | recurse-buffers | many-fields | \
      endless | overlap | past-input | skip-ordinal | missing-value | panic | log-flood | \
      stderr-flood | wasi | exit";
 
@@ -36,31 +38,45 @@ impl Adapter for Hostile {
                 OptionInfo::new("mode", Some("ok"), MODES),
                 OptionInfo::new("after", Some("0"), "good records before misbehaving"),
             ],
-            resumable: false,
+            resumable: true,
         }
     }
 
     fn open(
         input: Input,
         options: &Options,
-        _resume: Option<Checkpoint>,
+        resume: Option<Checkpoint>,
     ) -> Result<Self, ConfigError> {
         let mode = options.get("mode").unwrap_or("ok").to_owned();
         let after = options.parse::<u64>("after")?.unwrap_or(0);
         if mode == "loop-open" {
             spin();
         }
+        let ordinal = match &resume {
+            Some(cp) => StateReader::new(&cp.state)
+                .u64()
+                .map_err(|e| ConfigError::other(e.to_string()))?,
+            None => 0,
+        };
         Ok(Hostile {
             input,
             mode,
             after,
             layout: Layout::new(Some("line"), ["text"]),
-            ordinal: 0,
+            ordinal,
+            resumed: resume.is_some(),
+        })
+    }
+
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            offset: self.input.offset(),
+            state: StateWriter::new().u64(self.ordinal).finish(),
         })
     }
 
     fn next(&mut self) -> Item {
-        if self.ordinal < self.after || self.mode == "ok" {
+        if self.ordinal < self.after || self.mode == "ok" || self.mode == "drift" {
             return self.good_line();
         }
         match self.mode.as_str() {
@@ -183,7 +199,11 @@ impl Hostile {
             return Item::End;
         }
         self.ordinal += 1;
-        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        let mut text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        if self.mode == "drift" && self.resumed {
+            // A resume bug: the same lines come out differently.
+            text = text.to_uppercase();
+        }
         let mut r = Record::new(&self.layout);
         r.push_text(&text)
             .set_location(self.loc(offset, line.len() as u64));

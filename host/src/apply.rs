@@ -1,0 +1,322 @@
+//! Pass 2: apply one part's valid records to the target.
+//!
+//! The part is parsed again, interval by interval, on a blocking thread.
+//! Each interval's items must hash to the digest pass 1 recorded, so a
+//! plugin that gives different records the second time is caught before any
+//! of that interval reaches the target. The records pass 1 accepted go to
+//! the sink as one batch; the journal then commits the interval as applied,
+//! with the records the target refused. Parsing the next interval overlaps
+//! with applying the current one.
+//!
+//! A crash between the target write and the journal commit re-applies that
+//! interval on resume: the sink's idempotent apply by identity makes that
+//! harmless, so every record is applied exactly once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use crate::faults;
+use crate::journal::{Counts, Interval, Stage};
+use crate::record::Item;
+use crate::scan::{Identity, PartCtx, PassError, digest_item};
+use crate::sink::{Batch, BatchItem, Outcome, Sink, SinkError};
+
+/// An interval ready to apply.
+struct Prepared {
+    seq: u64,
+    interval: Interval,
+    batch: Arc<Batch>,
+    /// Items in the interval, valid or not.
+    items: u64,
+}
+
+/// Run pass 2 over one part from where the journal says it stopped.
+pub(crate) async fn apply_part(
+    ctx: PartCtx,
+    sink: Arc<dyn Sink>,
+    on_commit: Arc<dyn Fn() + Send + Sync>,
+) -> Result<(), PassError> {
+    let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
+    let start = ctx.part.apply.intervals as usize;
+    if start >= intervals.len() {
+        if !ctx.part.apply.done {
+            mark_done(&ctx)?;
+        }
+        return Ok(());
+    }
+    let count = intervals.len();
+    // Two intervals in flight: one being applied, one being parsed.
+    let (tx, mut rx) = mpsc::channel::<Result<Prepared, PassError>>(1);
+    let producer_ctx = ctx.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        if let Err(e) = produce(&producer_ctx, intervals, start, &tx) {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let result = async {
+        while let Some(prepared) = rx.recv().await {
+            let p = prepared?;
+            if ctx.stopped() {
+                return Err(PassError::Stopped);
+            }
+            faults::point("apply.before-batch");
+            let outcomes = apply_with_retry(&ctx, sink.as_ref(), p.batch.clone()).await?;
+            faults::point("apply.after-target-write");
+            let ctx2 = ctx.clone();
+            let last = p.seq as usize + 1 == count;
+            tokio::task::spawn_blocking(move || commit(&ctx2, &p, &outcomes, last))
+                .await
+                .map_err(|e| PassError::Inconsistent(format!("apply commit task failed: {e}")))??;
+            faults::point("apply.after-commit");
+            on_commit();
+        }
+        Ok(())
+    }
+    .await;
+    // Dropping the receiver ends the producer at its next send.
+    drop(rx);
+    let _ = producer.await;
+    result
+}
+
+/// Parse intervals `start..` and send each, checked against pass 1.
+fn produce(
+    ctx: &PartCtx,
+    intervals: Vec<Interval>,
+    start: usize,
+    tx: &mpsc::Sender<Result<Prepared, PassError>>,
+) -> Result<(), PassError> {
+    let _span = tracing::info_span!("apply", job = ctx.job, part = ctx.part.index).entered();
+    let after = start.checked_sub(1).map(|i| &intervals[i]);
+    let (mut parse, skip_to) = ctx.open(after)?;
+    for (seq, interval) in intervals.iter().enumerate().skip(start) {
+        if ctx.stopped() {
+            return Err(PassError::Stopped);
+        }
+        let rejected: HashSet<u64> = ctx
+            .journal
+            .error_ordinals(ctx.job, ctx.part.index, interval.first, interval.last)?
+            .into_iter()
+            .collect();
+        let mut digest = Sha256::new();
+        let mut items = Vec::new();
+        let mut seen = 0u64;
+        loop {
+            let item = parse.next()?;
+            let ordinal = match &item {
+                Item::Record(r) => r.location().ordinal,
+                Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
+                Item::End => {
+                    return Err(nondeterministic(ctx, interval, "the input ended early"));
+                }
+            };
+            if ordinal <= skip_to {
+                continue;
+            }
+            if ordinal > interval.last {
+                return Err(nondeterministic(
+                    ctx,
+                    interval,
+                    "the interval has different items",
+                ));
+            }
+            digest_item(&mut digest, &item);
+            seen += 1;
+            if let Item::Record(record) = item
+                && !rejected.contains(&ordinal)
+            {
+                match ctx.identity(&record) {
+                    Identity::Valid { kind, key, .. } => items.push(BatchItem {
+                        ordinal,
+                        kind,
+                        key,
+                        record,
+                    }),
+                    Identity::Invalid { .. } => {
+                        return Err(nondeterministic(
+                            ctx,
+                            interval,
+                            "a record accepted before is now invalid",
+                        ));
+                    }
+                }
+            }
+            if ordinal == interval.last {
+                break;
+            }
+        }
+        if hex::encode(digest.finalize()) != interval.digest {
+            return Err(nondeterministic(ctx, interval, "the records differ"));
+        }
+        let prepared = Prepared {
+            seq: seq as u64,
+            interval: interval.clone(),
+            batch: Arc::new(Batch {
+                job: ctx.job,
+                part: ctx.part.index,
+                tenant: ctx.tenant.clone(),
+                items,
+            }),
+            items: seen,
+        };
+        if tx.blocking_send(Ok(prepared)).is_err() {
+            return Ok(()); // the applier stopped
+        }
+    }
+    Ok(())
+}
+
+fn nondeterministic(ctx: &PartCtx, interval: &Interval, what: &str) -> PassError {
+    PassError::Inconsistent(format!(
+        "plugin {} {} gave different output in the apply pass than in validation for records \
+         {}..={} of {:?} ({what}); nothing from those records was applied. The plugin is not \
+         deterministic: report it to its author",
+        ctx.plugin.info().name,
+        ctx.plugin.info().version,
+        interval.first,
+        interval.last,
+        ctx.part.name
+    ))
+}
+
+/// Apply a batch, retrying transient failures with exponential backoff and
+/// jitter. Permanent batch failures fail every record of the batch.
+async fn apply_with_retry(
+    ctx: &PartCtx,
+    sink: &dyn Sink,
+    batch: Arc<Batch>,
+) -> Result<Vec<(Outcome, u32)>, PassError> {
+    if batch.items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cfg = &ctx.config;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match sink.apply(batch.clone()).await {
+            Ok(outcomes) if outcomes.len() == batch.items.len() => {
+                return Ok(outcomes.into_iter().map(|o| (o, attempt)).collect());
+            }
+            Ok(outcomes) => {
+                return Err(PassError::Inconsistent(format!(
+                    "target {} returned {} outcomes for {} records",
+                    sink.name(),
+                    outcomes.len(),
+                    batch.items.len()
+                )));
+            }
+            Err(SinkError::Transient(msg)) if attempt < cfg.retry_attempts => {
+                let delay = backoff(cfg.retry_base, cfg.retry_max, attempt);
+                tracing::warn!(
+                    job = ctx.job,
+                    attempt,
+                    ?delay,
+                    "target temporarily unavailable, retrying: {msg}"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(SinkError::Transient(msg)) | Err(SinkError::Permanent(msg)) => {
+                let outcome = Outcome::Rejected {
+                    code: "target-refused".into(),
+                    message: format!("target {} refused the batch: {msg}", sink.name()),
+                };
+                return Ok(vec![(outcome, attempt); batch.items.len()]);
+            }
+            Err(e @ SinkError::Io(_)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: a random delay up to
+/// `base * 2^(attempt-1)`, capped at `max`.
+pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    // Jitter from the clock's low bits: enough to spread retries of many
+    // jobs, no RNG dependency needed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let fraction = f64::from(nanos % 1000) / 1000.0;
+    ceiling.mul_f64(0.5 + fraction / 2.0)
+}
+
+fn commit(
+    ctx: &PartCtx,
+    p: &Prepared,
+    outcomes: &[(Outcome, u32)],
+    last: bool,
+) -> Result<(), PassError> {
+    let mut counts = Counts {
+        processed: p.items,
+        ..Counts::default()
+    };
+    let mut errors = Vec::new();
+    for (item, (outcome, attempts)) in p.batch.items.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Applied => counts.applied += 1,
+            Outcome::Rejected { code, message } => {
+                counts.failed += 1;
+                let mut e =
+                    ctx.error_entry(Stage::Apply, code, message, None, item.record.location())?;
+                e.attempts = *attempts;
+                e.class = Some("permanent".into());
+                errors.push((item.ordinal, e));
+            }
+        }
+    }
+    ctx.journal.write(|tx| {
+        tx.put_errors(ctx.job, ctx.part.index, &errors)?;
+        let mut part = tx.part(ctx.job, ctx.part.index)?;
+        part.apply.intervals = p.seq + 1;
+        part.apply.ordinal = p.interval.last;
+        part.apply.offset = p.interval.end_offset;
+        part.apply.done = last;
+        part.counts.add(&counts);
+        tx.put_part(ctx.job, &part)?;
+        let mut job = tx.job(ctx.job)?;
+        job.counts.add(&counts);
+        for (_, e) in &errors {
+            *job.errors_by_code
+                .entry(format!("{}:{}", e.stage.as_str(), e.code))
+                .or_default() += 1;
+        }
+        if job.cancel_requested {
+            ctx.cancel.store(true, Ordering::Relaxed);
+        }
+        tx.put_job(&job)
+    })?;
+    Ok(())
+}
+
+fn mark_done(ctx: &PartCtx) -> Result<(), PassError> {
+    ctx.journal.write(|tx| {
+        let mut part = tx.part(ctx.job, ctx.part.index)?;
+        part.apply.done = true;
+        tx.put_part(ctx.job, &part)
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for attempt in 1..10 {
+            let d = backoff(base, max, attempt);
+            let ceiling = (base * (1 << (attempt - 1))).min(max);
+            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
+        }
+    }
+}

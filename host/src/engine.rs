@@ -1,0 +1,847 @@
+//! The import engine: drives jobs from upload to target.
+//!
+//! A job is spooled, recorded in the journal, expanded if it is an archive,
+//! validated (pass 1, [`crate::scan`]) and applied (pass 2,
+//! [`crate::apply`]); every step resumes from the journal after a crash.
+//! Many jobs may run at once in one process; plugin calls and storage run
+//! on blocking threads. A job is run by one process at a time, guarded by a
+//! lock file that dies with its process.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{RwLock, watch};
+
+use crate::faults;
+use crate::journal::{
+    Counts, JobId, JobRecord, JobState, Journal, JournalError, PartRecord, PassProgress, PluginRef,
+    Times, now_ms,
+};
+use crate::progress::Progress;
+use crate::registry::{Registry, RegistryError};
+use crate::sandbox::{ParseError, Plugin, Sandbox, SandboxConfig, StartError as SandboxStartError};
+use crate::scan::{PartCtx, PassError};
+use crate::sink::Sink;
+use crate::sink::embedded::{EmbeddedStore, StoreError};
+use crate::spool::{RealFs, Spool, SpoolError, SpoolFs, Spooled};
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Largest upload accepted, in bytes, enforced while spooling.
+    /// Default 64 GiB.
+    pub max_upload_bytes: u64,
+    /// Items per interval: the unit of group commit, checkpoint and redo
+    /// after a crash. Default 10,000: one journal commit (one fsync) per
+    /// 10,000 records, and at most that many redone.
+    pub interval_items: u64,
+    /// Bytes of record data that also close an interval, so intervals of
+    /// huge records stay small in memory. Default 32 MiB.
+    pub interval_bytes: u64,
+    /// Bytes of a bad record's original text kept in the error report.
+    /// Default 64 KiB.
+    pub max_error_record_bytes: usize,
+    /// Attempts for a batch the target reports as temporarily unavailable.
+    /// Default 5.
+    pub retry_attempts: u32,
+    /// First retry delay; doubles each attempt (with jitter). Default 200 ms.
+    pub retry_base: Duration,
+    /// Longest retry delay. Default 10 s.
+    pub retry_max: Duration,
+    /// The plugin sandbox.
+    pub sandbox: SandboxConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_upload_bytes: 64 << 30,
+            interval_items: 10_000,
+            interval_bytes: 32 << 20,
+            max_error_record_bytes: 64 << 10,
+            retry_attempts: 5,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+/// Engine errors. Record-level problems are never errors: they are counted
+/// and reported on the job.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Registry(#[from] Box<RegistryError>),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxStartError),
+    #[error("cannot tell the format of {name:?}: pass --format (available: {available})")]
+    UnknownFormat { name: String, available: String },
+    #[error("job {0} is being run by another sluice process; watch it with `sluice job {0}`")]
+    Busy(JobId),
+    #[error("job {job} stopped: {reason}; it resumes with `sluice recover`")]
+    Stopped { job: JobId, reason: String },
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        EngineError::Registry(Box::new(e))
+    }
+}
+
+/// What to import and how.
+#[derive(Debug, Clone, Default)]
+pub struct ImportRequest {
+    /// Where the bytes come from, for reports: a path, or `-` for stdin.
+    pub source: String,
+    pub tenant: String,
+    /// Format or plugin name; else chosen by the source's extension.
+    pub format: Option<String>,
+    /// Field whose value is each record's key.
+    pub key: Option<String>,
+    /// Plugin options.
+    pub options: Vec<(String, String)>,
+    /// Validate only (pass 1).
+    pub dry_run: bool,
+    /// Start a new job even if an identical import exists.
+    pub force_new: bool,
+}
+
+/// What [`Engine::submit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new job was created.
+    New(JobId),
+    /// An identical import already had this job; the upload was discarded.
+    Existing(JobId),
+}
+
+impl Submitted {
+    pub fn job(self) -> JobId {
+        match self {
+            Submitted::New(id) | Submitted::Existing(id) => id,
+        }
+    }
+}
+
+/// What recovery did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Spool and temporary files removed.
+    pub files_removed: usize,
+    /// Jobs resumed, with the state each ended in.
+    pub resumed: Vec<(JobId, JobState)>,
+    /// Jobs that could not be resumed, with why.
+    pub not_resumed: Vec<(JobId, String)>,
+}
+
+/// Storage of an engine; tests swap in backends that simulate power loss.
+pub struct Storage {
+    pub journal: Journal,
+    pub store: Arc<EmbeddedStore>,
+    pub spool_fs: Arc<dyn SpoolFs>,
+}
+
+struct Running {
+    cancel: Arc<AtomicBool>,
+    progress: watch::Sender<Progress>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    config: Arc<EngineConfig>,
+    sandbox: Arc<Sandbox>,
+    registry: Registry,
+    journal: Arc<Journal>,
+    store: Arc<EmbeddedStore>,
+    sink: Arc<dyn Sink>,
+    spool: Arc<Spool>,
+    running: Mutex<HashMap<JobId, Running>>,
+    /// Submits hold it shared, recovery exclusively: recovery's sweep must
+    /// not meet a spool being written by this process.
+    gate: RwLock<()>,
+}
+
+/// The engine of one data directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.inner.data_dir)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Open the engine of `data_dir` with the embedded store as target.
+    pub fn open(data_dir: &Path, config: EngineConfig) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| EngineError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let storage = Storage {
+            journal: Journal::open(&data_dir.join("journal.redb"))?,
+            store: Arc::new(EmbeddedStore::open(&data_dir.join("store.redb"))?),
+            spool_fs: Arc::new(RealFs),
+        };
+        Self::with_storage(data_dir, config, storage, None)
+    }
+
+    /// Open with explicit storage, and optionally another target than the
+    /// embedded store.
+    pub fn with_storage(
+        data_dir: &Path,
+        mut config: EngineConfig,
+        storage: Storage,
+        sink: Option<Arc<dyn Sink>>,
+    ) -> Result<Self, EngineError> {
+        if config.sandbox.cache_dir.is_none() {
+            config.sandbox.cache_dir = Some(data_dir.join("cache"));
+        }
+        let sandbox = Arc::new(Sandbox::new(config.sandbox.clone())?);
+        let store = storage.store;
+        let sink = sink.unwrap_or_else(|| Arc::new(store.clone()));
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                data_dir: data_dir.to_path_buf(),
+                config: Arc::new(config),
+                registry: Registry::new(data_dir, sandbox.clone()),
+                sandbox,
+                journal: Arc::new(storage.journal),
+                store,
+                sink,
+                spool: Arc::new(Spool::new(data_dir, storage.spool_fs)),
+                running: Mutex::new(HashMap::new()),
+                gate: RwLock::new(()),
+            }),
+        })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    pub fn store(&self) -> &EmbeddedStore {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn spool(&self) -> &Spool {
+        &self.inner.spool
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.inner.sandbox
+    }
+
+    /// Spool `input` and create its job (or find the job of an identical
+    /// import). The job does not run until [`Engine::run`].
+    pub async fn submit<R>(&self, req: ImportRequest, input: R) -> Result<Submitted, EngineError>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        let _gate = self.inner.gate.read().await;
+        let spool = self.inner.spool.clone();
+        let spooled = spool
+            .spool_async(input, self.inner.config.max_upload_bytes)
+            .await?;
+        faults::point("spool.before-journal");
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.create_job(req, spooled))
+            .await
+            .map_err(|e| EngineError::Stopped {
+                job: 0,
+                reason: e.to_string(),
+            })?
+    }
+
+    fn create_job(&self, req: ImportRequest, spooled: Spooled) -> Result<Submitted, EngineError> {
+        let inner = &self.inner;
+        let discard = |e: EngineError| {
+            let _ = inner.spool.remove(&spooled.file);
+            e
+        };
+        crate::registry::check_tenant(&req.tenant).map_err(|e| discard(e.into()))?;
+        let archive = is_zip(&inner.spool, &spooled.file);
+        let plugin = if archive {
+            None
+        } else {
+            Some(self.choose_plugin(&req, &req.source).map_err(discard)?)
+        };
+        let fingerprint = fingerprint(&req, &spooled, plugin.as_ref().map(|p| p.digest().hex()));
+        if !req.force_new
+            && let Some(existing) = inner.journal.find_fingerprint(&fingerprint)?
+        {
+            inner.spool.remove(&spooled.file).ok();
+            tracing::info!(
+                job = existing,
+                "identical import found; not importing twice"
+            );
+            return Ok(Submitted::Existing(existing));
+        }
+        let parts = match &plugin {
+            Some(p) => vec![part_record(
+                0,
+                &req.source,
+                spooled.clone(),
+                p,
+                &req.options,
+            )],
+            None => Vec::new(),
+        };
+        let record = JobRecord {
+            id: 0,
+            tenant: req.tenant.clone(),
+            state: JobState::Spooled,
+            source: req.source.clone(),
+            format: req.format.clone(),
+            key_field: req.key.clone(),
+            options: req.options.clone(),
+            dry_run: req.dry_run,
+            upload: spooled,
+            archive,
+            parts: 0,
+            totals_exact: false,
+            counts: Counts::default(),
+            errors_by_code: Default::default(),
+            times: Times {
+                created: now_ms(),
+                ..Times::default()
+            },
+            error: None,
+            fingerprint,
+            plugins: plugin
+                .iter()
+                .map(|p| format!("{} {}", p.info().name, p.info().version))
+                .collect(),
+            cancel_requested: false,
+        };
+        let id = inner.journal.create_job(record, &parts)?;
+        faults::point("journal.after-create");
+        tracing::info!(job = id, source = %req.source, "job created");
+        Ok(Submitted::New(id))
+    }
+
+    /// The plugin for `name` (a path or an archive entry): the requested
+    /// format, else by extension.
+    fn choose_plugin(&self, req: &ImportRequest, name: &str) -> Result<Arc<Plugin>, EngineError> {
+        let tenant = Some(req.tenant.as_str());
+        if let Some(format) = &req.format {
+            return Ok(self.inner.registry.resolve(tenant, format)?.1);
+        }
+        let ext = Path::new(name).extension().and_then(|e| e.to_str());
+        match ext {
+            Some(ext) => match self.inner.registry.resolve_extension(tenant, ext) {
+                Ok((_, p)) => Ok(p),
+                Err(RegistryError::NotFound { .. }) => Err(self.unknown_format(name)),
+                Err(e) => Err(e.into()),
+            },
+            None => Err(self.unknown_format(name)),
+        }
+    }
+
+    fn unknown_format(&self, name: &str) -> EngineError {
+        let available = self
+            .inner
+            .registry
+            .list(None)
+            .map(|l| {
+                let mut f: Vec<String> = l.into_iter().flat_map(|e| e.info.formats).collect();
+                f.dedup();
+                f.join(", ")
+            })
+            .unwrap_or_default();
+        EngineError::UnknownFormat {
+            name: name.to_owned(),
+            available,
+        }
+    }
+
+    /// Follow a running job's progress (in this process).
+    pub fn watch(&self, id: JobId) -> Option<watch::Receiver<Progress>> {
+        lock(&self.inner.running)
+            .get(&id)
+            .map(|r| r.progress.subscribe())
+    }
+
+    /// Ask a job to stop at its next safe point and end as cancelled. Works
+    /// across processes: the request is journaled and the running process
+    /// sees it at its next commit. A job nobody runs is cancelled at once.
+    pub async fn cancel(&self, id: JobId) -> Result<JobRecord, EngineError> {
+        let journal = self.inner.journal.clone();
+        let job = blocking(move || {
+            journal.write(|tx| {
+                let mut job = tx.job(id)?;
+                if !job.state.is_terminal() {
+                    job.cancel_requested = true;
+                    tx.put_job(&job)?;
+                }
+                Ok(job)
+            })
+        })
+        .await?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        if let Some(r) = lock(&self.inner.running).get(&id) {
+            r.cancel.store(true, Ordering::Relaxed);
+            return Ok(job);
+        }
+        // Not running here: run it, which ends it as cancelled right away
+        // (or tells us another process has it).
+        match self.run(id).await {
+            Ok(job) => Ok(job),
+            Err(EngineError::Busy(_)) => Ok(self.inner.journal.job(id)?),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Run a job to its end, resuming from wherever the journal says it is.
+    pub async fn run(&self, id: JobId) -> Result<JobRecord, EngineError> {
+        let _lock = self.lock_job(id)?;
+        let job = self.inner.journal.job(id)?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, _) = watch::channel(Progress::of(&job));
+        lock(&self.inner.running).insert(
+            id,
+            Running {
+                cancel: cancel.clone(),
+                progress: tx,
+            },
+        );
+        let span = tracing::info_span!("job", job = id, tenant = %job.tenant);
+        let result = tracing::Instrument::instrument(self.drive(id, cancel), span).await;
+        self.publish(id);
+        lock(&self.inner.running).remove(&id);
+        result
+    }
+
+    /// Take the job's lock file; it is released when the process ends, so
+    /// a crashed run never blocks recovery.
+    fn lock_job(&self, id: JobId) -> Result<File, EngineError> {
+        let dir = self.inner.data_dir.join("locks");
+        let io = |source| EngineError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{id}.lock")))
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Busy(id)),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
+
+    fn publish(&self, id: JobId) {
+        if let Ok(job) = self.inner.journal.job(id)
+            && let Some(r) = lock(&self.inner.running).get(&id)
+        {
+            r.progress.send_replace(Progress::of(&job));
+        }
+    }
+
+    async fn drive(&self, id: JobId, cancel: Arc<AtomicBool>) -> Result<JobRecord, EngineError> {
+        loop {
+            let job = self.inner.journal.job(id)?;
+            self.publish(id);
+            if job.state.is_terminal() {
+                self.cleanup(&job).await;
+                return Ok(job);
+            }
+            if job.cancel_requested {
+                self.finish(id, JobState::Cancelled, Some("cancelled by a user".into()))
+                    .await?;
+                continue;
+            }
+            let step = match job.state {
+                JobState::Spooled => self.start_scan(&job).await,
+                JobState::Scanning => self.scan(&job, &cancel).await,
+                JobState::Scanned => self.start_apply(&job).await,
+                JobState::Applying => self.apply(&job, &cancel).await,
+                _ => unreachable!("terminal states return above"),
+            };
+            match step {
+                Ok(()) => {}
+                Err(PassError::Stopped | PassError::Parse(ParseError::Cancelled)) => {
+                    if self.inner.journal.job(id)?.cancel_requested
+                        || cancel.load(Ordering::Relaxed)
+                    {
+                        self.finish(id, JobState::Cancelled, Some("cancelled by a user".into()))
+                            .await?;
+                        continue;
+                    }
+                    return Err(EngineError::Stopped {
+                        job: id,
+                        reason: "interrupted".into(),
+                    });
+                }
+                Err(PassError::Parse(ParseError::Fault(f))) => {
+                    self.finish(id, JobState::Failed, Some(f.to_string()))
+                        .await?;
+                }
+                Err(PassError::Parse(ParseError::Config(c))) => {
+                    let msg = format!("{c}; fix the --option values and import again");
+                    self.finish(id, JobState::Failed, Some(msg)).await?;
+                }
+                Err(PassError::Inconsistent(msg)) => {
+                    self.finish(id, JobState::Failed, Some(msg)).await?;
+                }
+                Err(PassError::Journal(e)) => return Err(e.into()),
+                Err(e) => {
+                    // Local I/O (spool, target storage): the outcome of the
+                    // last step is unknown, so stop and let recovery decide.
+                    return Err(EngineError::Stopped {
+                        job: id,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn write_job(
+        &self,
+        id: JobId,
+        f: impl FnOnce(&mut JobRecord) + Send + 'static,
+    ) -> Result<(), PassError> {
+        let journal = self.inner.journal.clone();
+        blocking(move || {
+            journal.write(|tx| {
+                let mut job = tx.job(id)?;
+                f(&mut job);
+                tx.put_job(&job)
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn start_scan(&self, job: &JobRecord) -> Result<(), PassError> {
+        if job.archive {
+            return Err(PassError::Inconsistent(
+                "ZIP uploads are not supported yet".into(),
+            ));
+        }
+        self.write_job(job.id, |j| {
+            j.state = JobState::Scanning;
+            j.times.scan_started.get_or_insert(now_ms());
+        })
+        .await
+    }
+
+    fn part_ctx(
+        &self,
+        job: &JobRecord,
+        part: PartRecord,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<PartCtx, PassError> {
+        let plugin = self.pinned_plugin(&part)?;
+        Ok(PartCtx {
+            job: job.id,
+            tenant: job.tenant.clone(),
+            key_field: job.key_field.clone(),
+            upload_digest: job.upload.digest.clone(),
+            part,
+            plugin,
+            sandbox: self.inner.sandbox.clone(),
+            spool: self.inner.spool.clone(),
+            journal: self.inner.journal.clone(),
+            config: self.inner.config.clone(),
+            cancel: cancel.clone(),
+        })
+    }
+
+    /// The exact plugin bytes a part was validated with.
+    fn pinned_plugin(&self, part: &PartRecord) -> Result<Arc<Plugin>, PassError> {
+        match self.inner.registry.by_digest(&part.plugin.digest) {
+            Ok((_, p)) => Ok(p),
+            Err(RegistryError::NotFound { .. }) => Err(PassError::Inconsistent(format!(
+                "part {:?} was started with plugin {} {} (sha256 {}), which is no longer \
+                 installed; reinstall that exact plugin with `sluice plugin add` to resume, or \
+                 import again with --new",
+                part.name, part.plugin.name, part.plugin.version, part.plugin.digest
+            ))),
+            Err(e) => Err(PassError::Inconsistent(e.to_string())),
+        }
+    }
+
+    async fn scan(&self, job: &JobRecord, cancel: &Arc<AtomicBool>) -> Result<(), PassError> {
+        for part in self.inner.journal.parts(job.id)? {
+            if part.scan.done {
+                continue;
+            }
+            let ctx = self.part_ctx(job, part, cancel)?;
+            let this = self.clone();
+            let id = job.id;
+            tokio::task::spawn_blocking(move || {
+                let r = crate::scan::scan_part(&ctx);
+                this.publish(id);
+                r
+            })
+            .await
+            .map_err(|e| PassError::Inconsistent(format!("scan task failed: {e}")))??;
+        }
+        let dry_run = job.dry_run;
+        self.write_job(job.id, move |j| {
+            j.totals_exact = true;
+            j.counts.scanned_bytes = j.upload.size;
+            j.times.scan_finished = Some(now_ms());
+            j.state = JobState::Scanned;
+            if dry_run {
+                j.state = JobState::Validated;
+                j.times.finished = Some(now_ms());
+            }
+        })
+        .await?;
+        if dry_run {
+            let journal = self.inner.journal.clone();
+            let id = job.id;
+            blocking(move || journal.write(|tx| tx.drop_scratch(id))).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_apply(&self, job: &JobRecord) -> Result<(), PassError> {
+        self.write_job(job.id, |j| {
+            j.state = JobState::Applying;
+            j.times.apply_started.get_or_insert(now_ms());
+        })
+        .await
+    }
+
+    async fn apply(&self, job: &JobRecord, cancel: &Arc<AtomicBool>) -> Result<(), PassError> {
+        for part in self.inner.journal.parts(job.id)? {
+            if part.apply.done {
+                continue;
+            }
+            let ctx = self.part_ctx(job, part, cancel)?;
+            let this = self.clone();
+            let id = job.id;
+            let on_commit: Arc<dyn Fn() + Send + Sync> = Arc::new(move || this.publish(id));
+            crate::apply::apply_part(ctx, self.inner.sink.clone(), on_commit).await?;
+        }
+        faults::point("job.before-complete");
+        self.finish(job.id, JobState::Completed, None)
+            .await
+            .map_err(|e| PassError::Inconsistent(e.to_string()))
+    }
+
+    /// End a job: terminal state, working state dropped, spool removed.
+    async fn finish(
+        &self,
+        id: JobId,
+        state: JobState,
+        error: Option<String>,
+    ) -> Result<(), EngineError> {
+        let journal = self.inner.journal.clone();
+        let job = blocking(move || {
+            journal.write(|tx| {
+                let mut job = tx.job(id)?;
+                job.state = state;
+                job.error = error;
+                job.times.finished = Some(now_ms());
+                tx.put_job(&job)?;
+                tx.drop_scratch(id)?;
+                Ok(job)
+            })
+        })
+        .await?;
+        tracing::info!(job = id, state = %state, "job finished");
+        self.cleanup(&job).await;
+        Ok(())
+    }
+
+    /// Remove an ended job's spool files (recovery's sweep catches any a
+    /// crash left behind).
+    async fn cleanup(&self, job: &JobRecord) {
+        faults::point("job.before-spool-cleanup");
+        let mut files = vec![job.upload.file.clone()];
+        if let Ok(parts) = self.inner.journal.parts(job.id) {
+            files.extend(parts.into_iter().map(|p| p.spool.file));
+        }
+        let spool = self.inner.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for f in files {
+                if let Err(e) = spool.remove(&f) {
+                    tracing::warn!(file = %f, "cannot remove spool file (recovery will retry): {e}");
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Resume every unfinished job and remove spool debris: what a process
+    /// does before anything else after a crash.
+    pub async fn recover(&self) -> Result<RecoveryReport, EngineError> {
+        let _gate = self.inner.gate.write().await;
+        faults::point("recover.start");
+        let mut report = RecoveryReport::default();
+        let jobs = self.inner.journal.jobs()?;
+        let mut keep: HashSet<String> = HashSet::new();
+        for job in jobs.iter().filter(|j| !j.state.is_terminal()) {
+            keep.insert(job.upload.file.clone());
+            for part in self.inner.journal.parts(job.id)? {
+                keep.insert(part.spool.file);
+            }
+        }
+        let me = std::process::id();
+        let spool = self.inner.spool.clone();
+        report.files_removed = tokio::task::spawn_blocking(move || {
+            spool.sweep(|name| {
+                keep.contains(name)
+                    || crate::spool::creator_pid(name)
+                        .is_some_and(|pid| pid != me && process_alive(pid))
+            })
+        })
+        .await
+        .map_err(|e| EngineError::Stopped {
+            job: 0,
+            reason: e.to_string(),
+        })?
+        .map_err(|source| EngineError::DataDir {
+            path: "spool".into(),
+            source,
+        })?;
+        faults::point("recover.after-sweep");
+        drop(_gate);
+        for job in jobs.into_iter().filter(|j| !j.state.is_terminal()) {
+            match self.run(job.id).await {
+                Ok(done) => report.resumed.push((job.id, done.state)),
+                Err(e @ (EngineError::Busy(_) | EngineError::Stopped { .. })) => {
+                    report.not_resumed.push((job.id, e.to_string()))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Whether a process with this id exists.
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run blocking journal work off the async threads.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, JournalError> + Send + 'static,
+) -> Result<R, JournalError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(JournalError::Storage(format!("journal task failed: {e}"))))
+}
+
+/// Whether a spooled file is a ZIP archive, by its first bytes.
+fn is_zip(spool: &Spool, file: &str) -> bool {
+    spool
+        .read_at(file, 0, 4)
+        .is_ok_and(|b| b == b"PK\x03\x04" || b == b"PK\x05\x06")
+}
+
+/// Identity of an import: same tenant, bytes, plugin, key and options mean
+/// the same job.
+fn fingerprint(req: &ImportRequest, spooled: &Spooled, plugin: Option<String>) -> String {
+    let mut h = Sha256::new();
+    let mut put = |s: &str| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    put(&req.tenant);
+    put(&spooled.digest);
+    put(req.format.as_deref().unwrap_or(""));
+    put(plugin.as_deref().unwrap_or("archive"));
+    put(req.key.as_deref().unwrap_or(""));
+    for (k, v) in &req.options {
+        put(k);
+        put(v);
+    }
+    put(if req.dry_run { "dry-run" } else { "import" });
+    hex::encode(h.finalize())
+}
+
+/// The kind records get when their plugin names none: the file's stem.
+fn default_kind(name: &str) -> String {
+    Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| !s.is_empty() && *s != "-")
+        .unwrap_or("records")
+        .to_owned()
+}
+
+fn part_record(
+    index: u32,
+    name: &str,
+    spool: Spooled,
+    plugin: &Plugin,
+    options: &[(String, String)],
+) -> PartRecord {
+    let info = plugin.info();
+    PartRecord {
+        index,
+        name: name.to_owned(),
+        spool,
+        plugin: PluginRef {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            digest: plugin.digest().hex(),
+            resumable: info.resumable,
+        },
+        options: options.to_vec(),
+        default_kind: default_kind(name),
+        scan: PassProgress::default(),
+        apply: PassProgress::default(),
+        counts: Counts::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_kinds_come_from_file_stems() {
+        assert_eq!(default_kind("data/customers.csv"), "customers");
+        assert_eq!(default_kind("-"), "records");
+        assert_eq!(default_kind("archive.zip/orders.xml"), "orders");
+    }
+}

@@ -1,0 +1,741 @@
+//! The journal: the durable truth about every job, in redb.
+//!
+//! # Tables
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | `u64`: `schema` (1), `next_job` |
+//! | `jobs` | job id | JSON [`JobRecord`]: state, counters, timings |
+//! | `fingerprints` | `&str` fingerprint | job id: finds the job of an identical import |
+//! | `parts` | (job, part) | JSON [`PartRecord`]: spooled file, pinned plugin, pass progress |
+//! | `intervals` | (job, part, seq) | JSON [`Interval`]: ordinals, digest and resume checkpoint of one group of items |
+//! | `errors` | (job, part, ordinal) | JSON [`ErrorEntry`]: one rejected or failed record |
+//! | `keys` | (job, key hash) | (ordinal, line) of the record that claimed the key |
+//!
+//! # Commit protocol
+//!
+//! Every change is one write transaction with two-phase commit (redb's
+//! recommendation when an attacker controls part of the content, as uploads
+//! do here) and immediate durability. A job is created only after its spool
+//! is durable. Pass 1 commits once per interval: the interval (with its
+//! digest and checkpoint), its errors, its keys and the counters, together.
+//! Pass 2 commits once per interval after the target confirmed the writes:
+//! the applied watermark, apply-stage errors and counters. So a crash redoes
+//! at most one interval, and the target's idempotent apply makes the redo
+//! harmless.
+//!
+//! A failed commit (including its fsync) leaves the outcome unknown: the
+//! journal refuses further writes in this process, and recovery in a new
+//! process decides from what is durable. A failed fsync is never retried.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::Checkpoint;
+use crate::spool::Spooled;
+
+/// A job's identifier.
+pub type JobId = u64;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const FINGERPRINTS: TableDefinition<&str, u64> = TableDefinition::new("fingerprints");
+const PARTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("parts");
+const INTERVALS: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("intervals");
+const ERRORS: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("errors");
+const KEYS: TableDefinition<(u64, [u8; 16]), (u64, u64)> = TableDefinition::new("keys");
+
+const SCHEMA: u64 = 1;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    /// The upload is durable locally; nothing parsed yet.
+    Spooled,
+    /// Pass 1 is validating.
+    Scanning,
+    /// Pass 1 is done: totals and errors are exact.
+    Scanned,
+    /// Pass 2 is writing to the target.
+    Applying,
+    /// Every valid record was applied (some may have been rejected or failed).
+    Completed,
+    /// A dry run finished: pass 1 only, nothing applied.
+    Validated,
+    /// The job could not go on (see its error).
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Validated | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Stable kebab-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Spooled => "spooled",
+            JobState::Scanning => "scanning",
+            JobState::Scanned => "scanned",
+            JobState::Applying => "applying",
+            JobState::Completed => "completed",
+            JobState::Validated => "validated",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Record counters of a job or a part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Items (records and record errors) pass 1 has seen.
+    pub scanned: u64,
+    /// Items rejected in pass 1 (parse or validate stage).
+    pub rejected: u64,
+    /// Items pass 2 has gone past (applied, failed or skipped as rejected).
+    pub processed: u64,
+    /// Records written to the target.
+    pub applied: u64,
+    /// Records the target refused.
+    pub failed: u64,
+    /// Input bytes pass 1 has gone through.
+    pub scanned_bytes: u64,
+}
+
+impl Counts {
+    /// Add `d` to these counters.
+    pub fn add(&mut self, d: &Counts) {
+        self.scanned += d.scanned;
+        self.rejected += d.rejected;
+        self.processed += d.processed;
+        self.applied += d.applied;
+        self.failed += d.failed;
+        self.scanned_bytes += d.scanned_bytes;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When a job reached each phase (ms since the epoch).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Times {
+    pub created: u64,
+    pub scan_started: Option<u64>,
+    pub scan_finished: Option<u64>,
+    pub apply_started: Option<u64>,
+    pub finished: Option<u64>,
+}
+
+/// A plugin pinned to a part: resuming runs exactly these bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRef {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub resumable: bool,
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant: String,
+    pub state: JobState,
+    /// What the user imported (a path, or `-` for stdin).
+    pub source: String,
+    /// The requested format, if one was named.
+    pub format: Option<String>,
+    /// The field naming each record's key, if one was named.
+    pub key_field: Option<String>,
+    pub options: Vec<(String, String)>,
+    pub dry_run: bool,
+    /// The spooled upload (removed once the job is over).
+    pub upload: Spooled,
+    pub archive: bool,
+    pub parts: u32,
+    /// Whether totals are exact (pass 1 finished).
+    pub totals_exact: bool,
+    pub counts: Counts,
+    /// Rejected and failed records by `stage:code`.
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub times: Times,
+    /// Why the job failed or was cancelled.
+    pub error: Option<String>,
+    /// Identifies identical imports.
+    pub fingerprint: String,
+    /// Plugins used, `name version` per distinct plugin.
+    pub plugins: Vec<String>,
+    /// A user asked to cancel; the process running the job stops at its
+    /// next safe point.
+    pub cancel_requested: bool,
+}
+
+/// How far a pass got through a part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassProgress {
+    /// Intervals committed.
+    pub intervals: u64,
+    /// Ordinal of the last item committed.
+    pub ordinal: u64,
+    /// End offset of that item.
+    pub offset: u64,
+    pub done: bool,
+}
+
+/// One part of a job: the whole upload, or one entry of a ZIP upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub index: u32,
+    /// The upload's name, or the archive entry's name.
+    pub name: String,
+    pub spool: Spooled,
+    pub plugin: PluginRef,
+    pub options: Vec<(String, String)>,
+    /// Kind given to records whose plugin names none.
+    pub default_kind: String,
+    pub scan: PassProgress,
+    pub apply: PassProgress,
+    pub counts: Counts,
+}
+
+/// A group of consecutive items, committed together in both passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Ordinals `first..=last`.
+    pub first: u64,
+    pub last: u64,
+    pub end_offset: u64,
+    /// SHA-256 over the items as pass 1 saw them, hex; pass 2 must see the
+    /// same.
+    pub digest: String,
+    /// Where a parse can resume right after `last`.
+    pub resume: Option<Checkpoint>,
+}
+
+/// At which stage a record was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The plugin could not parse it.
+    Parse,
+    /// The host refused it (key missing, duplicate key ...).
+    Validate,
+    /// The target refused it.
+    Apply,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::Validate => "validate",
+            Stage::Apply => "apply",
+        }
+    }
+}
+
+/// One rejected or failed record, with enough to fix and re-import it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub stage: Stage,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+    pub line: u64,
+    pub offset: u64,
+    pub length: u64,
+    /// Failure class (transient, conflict, permanent ...), for apply errors.
+    pub class: Option<String>,
+    /// Attempts made, for apply errors.
+    pub attempts: u32,
+    /// The record's original bytes as text (invalid UTF-8 replaced).
+    pub record: String,
+    /// Whether `record` was cut short.
+    pub truncated: bool,
+}
+
+/// Journal errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    #[error("cannot open the journal {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("journal read or write failed: {0}; run `sluice recover`")]
+    Storage(String),
+    /// A commit failed: whether it landed is unknown until recovery reads
+    /// what is durable.
+    #[error("journal commit failed ({0}); its outcome is unknown: stop and run `sluice recover`")]
+    OutcomeUnknown(String),
+    #[error("the journal refuses writes after a failed commit; restart sluice so recovery can run")]
+    Poisoned,
+    #[error("job {0} does not exist; list jobs with `sluice jobs`")]
+    NoSuchJob(JobId),
+    #[error("journal entry {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+}
+
+fn storage(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Storage(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("journal values serialize")
+}
+
+fn decode<T: DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    bytes: &[u8],
+) -> Result<T, JournalError> {
+    serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+        what: what(),
+        detail: e.to_string(),
+    })
+}
+
+/// The journal of one data directory.
+pub struct Journal {
+    db: Database,
+    poisoned: AtomicBool,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").finish_non_exhaustive()
+    }
+}
+
+/// Bytes of redb page cache per database. Small: the journal's working set
+/// is a few pages per commit, and RSS must stay flat for huge imports.
+pub(crate) const CACHE_BYTES: usize = 16 << 20;
+
+impl Journal {
+    /// Open (or create) the journal file. Several sluice processes may have
+    /// it open at once.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| JournalError::Open {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        Self::init(db)
+    }
+
+    /// Open a journal on another storage backend (power-loss tests).
+    pub fn open_with_backend(backend: impl StorageBackend) -> Result<Self, JournalError> {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| JournalError::Open {
+                path: "(backend)".into(),
+                detail: e.to_string(),
+            })?;
+        Self::init(db)
+    }
+
+    fn init(db: Database) -> Result<Self, JournalError> {
+        let journal = Journal {
+            db,
+            poisoned: AtomicBool::new(false),
+        };
+        journal.write(|tx| {
+            let mut meta = tx.txn.open_table(META).map_err(storage)?;
+            let schema = meta.get("schema").map_err(storage)?.map(|v| v.value());
+            match schema {
+                None => {
+                    meta.insert("schema", SCHEMA).map_err(storage)?;
+                }
+                Some(SCHEMA) => {}
+                Some(other) => {
+                    return Err(JournalError::Corrupt {
+                        what: "schema".into(),
+                        detail: format!("version {other}, this sluice reads version {SCHEMA}; use a matching sluice"),
+                    });
+                }
+            }
+            drop(meta);
+            // Create every table so readers never meet a missing one.
+            tx.txn.open_table(JOBS).map_err(storage)?;
+            tx.txn.open_table(FINGERPRINTS).map_err(storage)?;
+            tx.txn.open_table(PARTS).map_err(storage)?;
+            tx.txn.open_table(INTERVALS).map_err(storage)?;
+            tx.txn.open_table(ERRORS).map_err(storage)?;
+            tx.txn.open_table(KEYS).map_err(storage)?;
+            Ok(())
+        })?;
+        Ok(journal)
+    }
+
+    /// Run `f` in one write transaction and commit it durably.
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, JournalError>,
+    ) -> Result<R, JournalError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(JournalError::Poisoned);
+        }
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_two_phase_commit(true);
+        let r = f(&mut Tx { txn: &txn })?;
+        if let Err(e) = txn.commit() {
+            self.poisoned.store(true, Ordering::SeqCst);
+            return Err(JournalError::OutcomeUnknown(e.to_string()));
+        }
+        Ok(r)
+    }
+
+    fn read_txn(&self) -> Result<redb::ReadTransaction, JournalError> {
+        self.db.begin_read().map_err(storage)
+    }
+
+    /// Create a job and its parts; returns its id.
+    pub fn create_job(
+        &self,
+        mut job: JobRecord,
+        parts: &[PartRecord],
+    ) -> Result<JobId, JournalError> {
+        self.write(|tx| {
+            let mut meta = tx.txn.open_table(META).map_err(storage)?;
+            let id = meta
+                .get("next_job")
+                .map_err(storage)?
+                .map_or(1, |v| v.value());
+            meta.insert("next_job", id + 1).map_err(storage)?;
+            drop(meta);
+            job.id = id;
+            job.parts = parts.len() as u32;
+            tx.put_job(&job)?;
+            tx.txn
+                .open_table(FINGERPRINTS)
+                .map_err(storage)?
+                .insert(job.fingerprint.as_str(), id)
+                .map_err(storage)?;
+            for p in parts {
+                tx.put_part(id, p)?;
+            }
+            Ok(id)
+        })
+    }
+
+    /// The job of an identical import, if there is one.
+    pub fn find_fingerprint(&self, fingerprint: &str) -> Result<Option<JobId>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(FINGERPRINTS).map_err(storage)?;
+        Ok(t.get(fingerprint).map_err(storage)?.map(|v| v.value()))
+    }
+
+    /// One job.
+    pub fn job(&self, id: JobId) -> Result<JobRecord, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(JOBS).map_err(storage)?;
+        let v = t
+            .get(id)
+            .map_err(storage)?
+            .ok_or(JournalError::NoSuchJob(id))?;
+        decode(|| format!("job {id}"), v.value())
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(JOBS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let id = k.value();
+            out.push(decode(|| format!("job {id}"), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A job's parts, in order.
+    pub fn parts(&self, id: JobId) -> Result<Vec<PartRecord>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(PARTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.range((id, 0)..=(id, u32::MAX)).map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (_, p) = k.value();
+            out.push(decode(|| format!("job {id} part {p}"), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// A part's intervals, in order.
+    pub fn intervals(&self, id: JobId, part: u32) -> Result<Vec<Interval>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(INTERVALS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t
+            .range((id, part, 0)..=(id, part, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let (_, _, seq) = k.value();
+            out.push(decode(
+                || format!("job {id} part {part} interval {seq}"),
+                v.value(),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Ordinals of a part's errors within `first..=last`, of every stage.
+    pub fn error_ordinals(
+        &self,
+        id: JobId,
+        part: u32,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<u64>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(ERRORS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t
+            .range((id, part, first)..=(id, part, last))
+            .map_err(storage)?
+        {
+            let (k, _) = entry.map_err(storage)?;
+            out.push(k.value().2);
+        }
+        Ok(out)
+    }
+
+    /// Call `f` for each error of a job, in (part, ordinal) order, without
+    /// loading them all.
+    pub fn for_each_error(
+        &self,
+        id: JobId,
+        mut f: impl FnMut(u32, u64, ErrorEntry) -> std::io::Result<()>,
+    ) -> Result<(), JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(ERRORS).map_err(storage)?;
+        for entry in t
+            .range((id, 0, 0)..=(id, u32::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let (_, part, ordinal) = k.value();
+            let e = decode(|| format!("job {id} error {part}/{ordinal}"), v.value())?;
+            f(part, ordinal, e).map_err(storage)?;
+        }
+        Ok(())
+    }
+}
+
+/// One write transaction of the journal.
+pub struct Tx<'a> {
+    txn: &'a WriteTransaction,
+}
+
+impl Tx<'_> {
+    pub fn job(&self, id: JobId) -> Result<JobRecord, JournalError> {
+        let t = self.txn.open_table(JOBS).map_err(storage)?;
+        let v = t
+            .get(id)
+            .map_err(storage)?
+            .ok_or(JournalError::NoSuchJob(id))?;
+        decode(|| format!("job {id}"), v.value())
+    }
+
+    pub fn put_job(&mut self, job: &JobRecord) -> Result<(), JournalError> {
+        let mut t = self.txn.open_table(JOBS).map_err(storage)?;
+        t.insert(job.id, encode(job).as_slice()).map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn part(&self, id: JobId, part: u32) -> Result<PartRecord, JournalError> {
+        let t = self.txn.open_table(PARTS).map_err(storage)?;
+        let v = t
+            .get((id, part))
+            .map_err(storage)?
+            .ok_or_else(|| JournalError::Corrupt {
+                what: format!("job {id} part {part}"),
+                detail: "missing".into(),
+            })?;
+        decode(|| format!("job {id} part {part}"), v.value())
+    }
+
+    pub fn put_part(&mut self, id: JobId, part: &PartRecord) -> Result<(), JournalError> {
+        let mut t = self.txn.open_table(PARTS).map_err(storage)?;
+        t.insert((id, part.index), encode(part).as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Replace a job's parts (after expanding an archive).
+    pub fn replace_parts(&mut self, id: JobId, parts: &[PartRecord]) -> Result<(), JournalError> {
+        let mut t = self.txn.open_table(PARTS).map_err(storage)?;
+        t.retain_in((id, 0)..=(id, u32::MAX), |_, _| false)
+            .map_err(storage)?;
+        for p in parts {
+            t.insert((id, p.index), encode(p).as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    pub fn put_interval(
+        &mut self,
+        id: JobId,
+        part: u32,
+        seq: u64,
+        interval: &Interval,
+    ) -> Result<(), JournalError> {
+        let mut t = self.txn.open_table(INTERVALS).map_err(storage)?;
+        t.insert((id, part, seq), encode(interval).as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn put_errors(
+        &mut self,
+        id: JobId,
+        part: u32,
+        errors: &[(u64, ErrorEntry)],
+    ) -> Result<(), JournalError> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.txn.open_table(ERRORS).map_err(storage)?;
+        for (ordinal, e) in errors {
+            t.insert((id, part, *ordinal), encode(e).as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Claim record keys for a job, in order. For each key, `None` if it was
+    /// free (now claimed), or the `(ordinal, line)` of the record that
+    /// claimed it first (which keeps it).
+    pub fn claim_keys(
+        &mut self,
+        id: JobId,
+        keys: &[([u8; 16], u64, u64)],
+    ) -> Result<Vec<Option<(u64, u64)>>, JournalError> {
+        let mut t = self.txn.open_table(KEYS).map_err(storage)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (hash, ordinal, line) in keys {
+            let previous = t
+                .insert((id, *hash), (*ordinal, *line))
+                .map_err(storage)?
+                .map(|v| v.value());
+            if let Some(first) = previous {
+                // First claim wins: put it back.
+                t.insert((id, *hash), first).map_err(storage)?;
+            }
+            out.push(previous);
+        }
+        Ok(out)
+    }
+
+    /// Drop a finished job's working state (keys and intervals); its record,
+    /// parts and errors stay for reports.
+    pub fn drop_scratch(&mut self, id: JobId) -> Result<(), JournalError> {
+        let mut keys = self.txn.open_table(KEYS).map_err(storage)?;
+        keys.retain_in((id, [0u8; 16])..=(id, [0xffu8; 16]), |_, _| false)
+            .map_err(storage)?;
+        let mut intervals = self.txn.open_table(INTERVALS).map_err(storage)?;
+        intervals
+            .retain_in((id, 0, 0)..=(id, u32::MAX, u64::MAX), |_, _| false)
+            .map_err(storage)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn job(fingerprint: &str) -> JobRecord {
+        JobRecord {
+            id: 0,
+            tenant: "t".into(),
+            state: JobState::Spooled,
+            source: "x.csv".into(),
+            format: None,
+            key_field: None,
+            options: vec![],
+            dry_run: false,
+            upload: Spooled {
+                file: "f".into(),
+                size: 1,
+                digest: "d".into(),
+            },
+            archive: false,
+            parts: 0,
+            totals_exact: false,
+            counts: Counts::default(),
+            errors_by_code: BTreeMap::new(),
+            times: Times::default(),
+            error: None,
+            fingerprint: fingerprint.into(),
+            plugins: vec![],
+            cancel_requested: false,
+        }
+    }
+
+    #[test]
+    fn jobs_get_increasing_ids_and_are_found_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let a = j.create_job(job("fa"), &[]).unwrap();
+        let b = j.create_job(job("fb"), &[]).unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(j.find_fingerprint("fb").unwrap(), Some(2));
+        assert_eq!(j.find_fingerprint("fc").unwrap(), None);
+        assert_eq!(j.jobs().unwrap().len(), 2);
+        drop(j);
+        // Reopening keeps everything.
+        let j = Journal::open(&dir.path().join("j.redb")).unwrap();
+        assert_eq!(j.job(2).unwrap().fingerprint, "fb");
+        assert!(matches!(j.job(3), Err(JournalError::NoSuchJob(3))));
+    }
+
+    #[test]
+    fn first_key_claim_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("j.redb")).unwrap();
+        let id = j.create_job(job("f"), &[]).unwrap();
+        let k = [7u8; 16];
+        let got = j
+            .write(|tx| tx.claim_keys(id, &[(k, 1, 2), ([1; 16], 2, 3), (k, 3, 4)]))
+            .unwrap();
+        assert_eq!(got, vec![None, None, Some((1, 2))]);
+        let again = j.write(|tx| tx.claim_keys(id, &[(k, 9, 9)])).unwrap();
+        assert_eq!(again, vec![Some((1, 2))]);
+        j.write(|tx| tx.drop_scratch(id)).unwrap();
+        let after = j.write(|tx| tx.claim_keys(id, &[(k, 9, 9)])).unwrap();
+        assert_eq!(after, vec![None]);
+    }
+}

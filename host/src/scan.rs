@@ -1,0 +1,440 @@
+//! Pass 1: scope and validate one part.
+//!
+//! The plugin runs over the spooled part; every item is counted, every
+//! rejected record is recorded with its location and original text, keys
+//! are checked for duplicates, and every interval of items is committed
+//! with its digest and a resume checkpoint. Nothing touches the target.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::engine::EngineConfig;
+use crate::faults;
+use crate::journal::{Counts, ErrorEntry, Interval, JobId, Journal, PartRecord, Stage};
+use crate::record::{Item, Location, Record, RecordError, Value};
+use crate::sandbox::{Checkpoint, Parse, ParseError, Plugin, Sandbox};
+use crate::spool::Spool;
+
+/// What a pass needs to know about one part of one job.
+#[derive(Clone)]
+pub(crate) struct PartCtx {
+    pub job: JobId,
+    pub tenant: String,
+    pub key_field: Option<String>,
+    pub upload_digest: String,
+    pub part: PartRecord,
+    pub plugin: Arc<Plugin>,
+    pub sandbox: Arc<Sandbox>,
+    pub spool: Arc<Spool>,
+    pub journal: Arc<Journal>,
+    pub config: Arc<EngineConfig>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Why a pass stopped before the end of its part.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PassError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("cannot read spooled part {file}: {source}; run `sluice recover`")]
+    Spool {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("stopped")]
+    Stopped,
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+/// A record's identity in the target, or why it has none.
+pub(crate) enum Identity {
+    Valid {
+        kind: String,
+        key: String,
+        /// Hash for duplicate detection; `None` for keys derived from the
+        /// record's position, which cannot collide.
+        hash: Option<[u8; 16]>,
+    },
+    Invalid {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+}
+
+impl PartCtx {
+    /// The identity of `record`: kind from the plugin or the part, key from
+    /// the `--key` field, else the plugin's natural key, else derived from
+    /// the upload's digest, the part and the ordinal.
+    pub fn identity(&self, record: &Record) -> Identity {
+        let kind = record.kind().unwrap_or(&self.part.default_kind).to_owned();
+        let key = match &self.key_field {
+            Some(field) => match record.get_by_name(field) {
+                None => {
+                    return Identity::Invalid {
+                        code: "missing-key-field",
+                        message: format!(
+                            "the record has no field {field:?} to use as its key (its fields: {}); \
+                             fix the record or choose another --key",
+                            record.layout().fields.join(", ")
+                        ),
+                        field: Some(field.clone()),
+                    };
+                }
+                Some(Value::Null) => None,
+                Some(v) => v.to_text().filter(|t| !t.is_empty()),
+            }
+            .ok_or_else(|| Identity::Invalid {
+                code: "empty-key",
+                message: format!("the key field {field:?} is empty; give every record a key"),
+                field: Some(field.clone()),
+            }),
+            None => match record.key() {
+                Some(k) if !k.is_empty() => Ok(k.to_owned()),
+                _ => {
+                    let l = record.location();
+                    return Identity::Valid {
+                        kind,
+                        key: format!(
+                            "{}-{}-{}",
+                            &self.upload_digest[..16.min(self.upload_digest.len())],
+                            self.part.index,
+                            l.ordinal
+                        ),
+                        hash: None,
+                    };
+                }
+            },
+        };
+        match key {
+            Ok(key) => {
+                let mut h = Sha256::new();
+                h.update(kind.as_bytes());
+                h.update([0]);
+                h.update(key.as_bytes());
+                let hash: [u8; 16] = h.finalize()[..16].try_into().expect("16 bytes");
+                Identity::Valid {
+                    kind,
+                    key,
+                    hash: Some(hash),
+                }
+            }
+            Err(invalid) => invalid,
+        }
+    }
+
+    /// An error entry for the record at `loc`, with its original text.
+    pub fn error_entry(
+        &self,
+        stage: Stage,
+        code: &str,
+        message: &str,
+        field: Option<String>,
+        loc: Location,
+    ) -> Result<ErrorEntry, PassError> {
+        let max = self.config.max_error_record_bytes;
+        let want = loc.length.min(max as u64) as usize;
+        let bytes = self
+            .spool
+            .read_at(&self.part.spool.file, loc.offset, want)
+            .map_err(|source| PassError::Spool {
+                file: self.part.spool.file.clone(),
+                source,
+            })?;
+        Ok(ErrorEntry {
+            stage,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            field,
+            line: loc.line,
+            offset: loc.offset,
+            length: loc.length,
+            class: None,
+            attempts: 0,
+            record: String::from_utf8_lossy(&bytes).into_owned(),
+            truncated: loc.length > max as u64,
+        })
+    }
+
+    /// Open the plugin on the part, positioned right after `done` (the last
+    /// interval already handled), resuming from its checkpoint when the
+    /// plugin can, else from the start. Returns the parse and the ordinal
+    /// up to which items must be skipped.
+    pub fn open(&self, after: Option<&Interval>) -> Result<(Parse, u64), PassError> {
+        let spool_err = |source| PassError::Spool {
+            file: self.part.spool.file.clone(),
+            source,
+        };
+        let resume: Option<&Checkpoint> = after.and_then(|i| i.resume.as_ref());
+        let mut input = self.spool.open(&self.part.spool.file).map_err(spool_err)?;
+        let skip_to = match (after, resume) {
+            (Some(_), Some(cp)) => {
+                // Skip to the checkpoint's offset; the spool is a plain
+                // file, so reading forward is as good as a seek.
+                std::io::copy(&mut (&mut input).take(cp.offset), &mut std::io::sink())
+                    .map_err(spool_err)?;
+                0
+            }
+            (Some(i), None) => i.last,
+            (None, _) => 0,
+        };
+        let parse = self.sandbox.open(
+            &self.plugin,
+            Box::new(std::io::BufReader::with_capacity(64 << 10, input)),
+            &self.part.options,
+            resume,
+            None,
+            Some(self.cancel.clone()),
+        )?;
+        Ok((parse, skip_to))
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+use std::io::Read as _;
+
+/// Feed an item's content to an interval digest.
+pub(crate) fn digest_item(h: &mut Sha256, item: &Item) {
+    match item {
+        Item::Record(r) => r.digest_into(h),
+        Item::Error(e) | Item::Fatal(e) => {
+            h.update(if matches!(item, Item::Error(_)) {
+                b"E"
+            } else {
+                b"F"
+            });
+            digest_error(h, e);
+        }
+        Item::End => h.update(b"Z"),
+    }
+}
+
+fn digest_error(h: &mut Sha256, e: &RecordError) {
+    let l = e.location;
+    for n in [l.ordinal, l.offset, l.length, l.line] {
+        h.update(n.to_le_bytes());
+    }
+    for s in [
+        e.code.as_str(),
+        e.message.as_str(),
+        e.field.as_deref().unwrap_or(""),
+    ] {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+}
+
+/// One interval being accumulated.
+struct Group {
+    seq: u64,
+    first: u64,
+    last: u64,
+    end_offset: u64,
+    bytes: u64,
+    digest: Sha256,
+    errors: Vec<(u64, ErrorEntry)>,
+    keys: Vec<([u8; 16], u64, u64, Location)>,
+    counts: Counts,
+}
+
+impl Group {
+    fn new(seq: u64, first: u64) -> Self {
+        Group {
+            seq,
+            first,
+            last: first.saturating_sub(1),
+            end_offset: 0,
+            bytes: 0,
+            digest: Sha256::new(),
+            errors: Vec::new(),
+            keys: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+}
+
+/// Run pass 1 over one part, from where the journal says it stopped, to the
+/// end. Commits every interval.
+pub(crate) fn scan_part(ctx: &PartCtx) -> Result<(), PassError> {
+    let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
+    let last = intervals.last();
+    let (mut parse, skip_to) = ctx.open(last)?;
+    let _span = tracing::info_span!("scan", job = ctx.job, part = ctx.part.index).entered();
+    let mut group = Group::new(intervals.len() as u64, last.map_or(1, |i| i.last + 1));
+    let mut offset_before = last.map_or(0, |i| i.end_offset);
+    loop {
+        if ctx.stopped() {
+            return Err(PassError::Stopped);
+        }
+        let item = parse.next()?;
+        let ordinal = match &item {
+            Item::Record(r) => r.location().ordinal,
+            Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
+            Item::End => 0,
+        };
+        if !matches!(item, Item::End) && ordinal <= skip_to {
+            continue; // replaying a plugin that cannot resume
+        }
+        let end = matches!(item, Item::End | Item::Fatal(_));
+        if !matches!(item, Item::End) {
+            accept(ctx, &mut group, &item)?;
+        }
+        if group.counts.scanned == ctx.config.interval_items / 2 {
+            faults::point("scan.mid-interval");
+        }
+        let full = group.counts.scanned >= ctx.config.interval_items
+            || group.bytes >= ctx.config.interval_bytes;
+        if full || end {
+            let resume = if end { None } else { parse.checkpoint()? };
+            let scanned_to = group.end_offset.max(offset_before);
+            commit(ctx, &mut group, resume, end, scanned_to - offset_before)?;
+            offset_before = scanned_to;
+            if end {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Account one item to the group.
+fn accept(ctx: &PartCtx, g: &mut Group, item: &Item) -> Result<(), PassError> {
+    digest_item(&mut g.digest, item);
+    g.counts.scanned += 1;
+    match item {
+        Item::Record(r) => {
+            let loc = r.location();
+            g.last = loc.ordinal;
+            g.end_offset = loc.end();
+            g.bytes += r.size_bytes() as u64;
+            match ctx.identity(r) {
+                Identity::Valid { hash: Some(h), .. } => {
+                    g.keys.push((h, loc.ordinal, loc.line, loc))
+                }
+                Identity::Valid { hash: None, .. } => {}
+                Identity::Invalid {
+                    code,
+                    message,
+                    field,
+                } => {
+                    let e = ctx.error_entry(Stage::Validate, code, &message, field, loc)?;
+                    reject(g, loc.ordinal, e);
+                }
+            }
+        }
+        Item::Error(e) | Item::Fatal(e) => {
+            g.last = e.location.ordinal;
+            g.end_offset = e.location.end();
+            let entry = ctx.error_entry(
+                Stage::Parse,
+                &e.code,
+                &e.message,
+                e.field.clone(),
+                e.location,
+            )?;
+            reject(g, e.location.ordinal, entry);
+        }
+        Item::End => {}
+    }
+    Ok(())
+}
+
+fn reject(g: &mut Group, ordinal: u64, e: ErrorEntry) {
+    g.counts.rejected += 1;
+    g.errors.push((ordinal, e));
+}
+
+/// Commit the group: interval, errors, keys, counters. Starts the next group.
+fn commit(
+    ctx: &PartCtx,
+    g: &mut Group,
+    resume: Option<Checkpoint>,
+    done: bool,
+    scanned_bytes: u64,
+) -> Result<(), PassError> {
+    faults::point("scan.before-commit");
+    let mut finished = std::mem::replace(g, Group::new(g.seq + 1, g.last + 1));
+    finished.counts.scanned_bytes = scanned_bytes;
+    // Duplicates need the keys claimed so far, so they are found inside the
+    // transaction; their error entries need the spool, read beforehand for
+    // every candidate would be wasteful, so read them here per duplicate.
+    let interval = (!finished.is_empty()).then(|| Interval {
+        first: finished.first,
+        last: finished.last,
+        end_offset: finished.end_offset,
+        digest: hex::encode(std::mem::take(&mut finished.digest).finalize()),
+        resume,
+    });
+    let keys: Vec<([u8; 16], u64, u64)> = finished
+        .keys
+        .iter()
+        .map(|(h, o, l, _)| (*h, *o, *l))
+        .collect();
+    let job = ctx.job;
+    let part_index = ctx.part.index;
+    ctx.journal.write(|tx| {
+        let claims = tx.claim_keys(job, &keys)?;
+        let mut counts = finished.counts.clone();
+        let mut errors = std::mem::take(&mut finished.errors);
+        for (claim, (_, ordinal, _, loc)) in claims.iter().zip(&finished.keys) {
+            if let Some((first_ordinal, first_line)) = claim {
+                let e = ctx
+                    .error_entry(
+                        Stage::Validate,
+                        "duplicate-key",
+                        &format!(
+                            "this record's key is already used by record {first_ordinal} (line {first_line}); \
+                             keys must be unique within an import"
+                        ),
+                        ctx.key_field.clone(),
+                        *loc,
+                    )
+                    .map_err(|e| crate::journal::JournalError::Storage(e.to_string()))?;
+                errors.push((*ordinal, e));
+                counts.rejected += 1;
+            }
+        }
+        errors.sort_by_key(|(o, _)| *o);
+        if let Some(interval) = &interval {
+            tx.put_interval(job, part_index, finished.seq, interval)?;
+        }
+        tx.put_errors(job, part_index, &errors)?;
+        let mut part = tx.part(job, part_index)?;
+        if let Some(interval) = &interval {
+            part.scan.intervals = finished.seq + 1;
+            part.scan.ordinal = interval.last;
+            part.scan.offset = interval.end_offset;
+        }
+        part.scan.done = done;
+        part.counts.add(&counts);
+        tx.put_part(job, &part)?;
+        let mut record = tx.job(job)?;
+        record.counts.add(&counts);
+        for (_, e) in &errors {
+            *record
+                .errors_by_code
+                .entry(format!("{}:{}", e.stage.as_str(), e.code))
+                .or_default() += 1;
+        }
+        if record.cancel_requested {
+            ctx.cancel.store(true, Ordering::Relaxed);
+        }
+        tx.put_job(&record)?;
+        Ok(())
+    })?;
+    faults::point("scan.after-commit");
+    Ok(())
+}

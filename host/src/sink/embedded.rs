@@ -1,0 +1,400 @@
+//! The embedded store: a redb database in the data directory holding
+//! records by `(tenant, kind, key)`. The target a user gets with no setup.
+//!
+//! # Tables
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `records` | (tenant, kind, key) | encoded record (below) |
+//! | `layouts` | layout id | JSON `{kind, fields}` |
+//! | `watermarks` | (job, part) | last applied ordinal, written in the same transaction as the records |
+//!
+//! A record value is: version byte (1), job (u64), part (u32), ordinal
+//! (u64), layout id (u64), value count (u32), each value as a tag byte and
+//! its payload (bool 1 byte, integer and float 8, text and bytes a u32 start
+//! and length in the data), then the data length (u32) and the data. All
+//! integers little-endian. Field names live once per layout, not per record.
+//!
+//! Upserting by identity makes apply idempotent; every batch commits with
+//! two-phase commit, like the journal.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{
+    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
+};
+use serde_json::{Map, Value as Json, json};
+use sha2::{Digest as _, Sha256};
+
+use super::{Batch, Outcome, Sink, SinkError};
+use crate::record::{Layout, Record, Slot, Value};
+
+const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
+const LAYOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("layouts");
+const WATERMARKS: TableDefinition<(u64, u32), u64> = TableDefinition::new("watermarks");
+
+const VERSION: u8 = 1;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("store read or write failed: {0}")]
+    Storage(String),
+    #[error("stored record {what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+}
+
+fn storage(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+/// The embedded store.
+pub struct EmbeddedStore {
+    db: Database,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+/// One stored record, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub tenant: String,
+    pub kind: String,
+    pub key: String,
+    pub fields: Map<String, Json>,
+    pub job: u64,
+    pub part: u32,
+    pub ordinal: u64,
+}
+
+impl StoredRecord {
+    /// The export line: `{"tenant":…,"kind":…,"key":…,"fields":{…}}`.
+    pub fn to_json(&self) -> Json {
+        json!({"tenant": self.tenant, "kind": self.kind, "key": self.key, "fields": self.fields})
+    }
+}
+
+/// Stable id of a layout: the first 8 bytes of the SHA-256 of its JSON.
+fn layout_json(layout: &Layout) -> Vec<u8> {
+    serde_json::to_vec(&json!({"kind": layout.kind, "fields": layout.fields})).expect("serializes")
+}
+
+fn layout_id(json: &[u8]) -> u64 {
+    let d = Sha256::digest(json);
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+fn encode(out: &mut Vec<u8>, job: u64, part: u32, ordinal: u64, layout: u64, r: &Record) {
+    out.clear();
+    out.push(VERSION);
+    out.extend_from_slice(&job.to_le_bytes());
+    out.extend_from_slice(&part.to_le_bytes());
+    out.extend_from_slice(&ordinal.to_le_bytes());
+    out.extend_from_slice(&layout.to_le_bytes());
+    out.extend_from_slice(&(r.slots.len() as u32).to_le_bytes());
+    for slot in &r.slots {
+        match *slot {
+            Slot::Null => out.push(0),
+            Slot::Bool(b) => out.extend_from_slice(&[1, u8::from(b)]),
+            Slot::Int(i) => {
+                out.push(2);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            Slot::Float(x) => {
+                out.push(3);
+                out.extend_from_slice(&x.to_bits().to_le_bytes());
+            }
+            Slot::Text(s) | Slot::Bytes(s) => {
+                out.push(if matches!(slot, Slot::Text(_)) { 4 } else { 5 });
+                out.extend_from_slice(&s.start.to_le_bytes());
+                out.extend_from_slice(&s.len.to_le_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&r.data);
+}
+
+/// Reads the encoding back.
+struct Decoder<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.buf.len() < n {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
+    }
+}
+
+struct Decoded {
+    job: u64,
+    part: u32,
+    ordinal: u64,
+    layout: u64,
+    values: Vec<Json>,
+}
+
+fn decode(bytes: &[u8]) -> Option<Decoded> {
+    let mut d = Decoder { buf: bytes };
+    if d.u8()? != VERSION {
+        return None;
+    }
+    let (job, part, ordinal, layout) = (d.u64()?, d.u32()?, d.u64()?, d.u64()?);
+    let n = d.u32()? as usize;
+    let mut slots = Vec::with_capacity(n.min(65_536));
+    for _ in 0..n {
+        let slot = match d.u8()? {
+            0 => Slot::Null,
+            1 => Slot::Bool(d.u8()? != 0),
+            2 => Slot::Int(d.u64()? as i64),
+            3 => Slot::Float(f64::from_bits(d.u64()?)),
+            t @ (4 | 5) => {
+                let span = crate::record::Span {
+                    start: d.u32()?,
+                    len: d.u32()?,
+                };
+                if t == 4 {
+                    Slot::Text(span)
+                } else {
+                    Slot::Bytes(span)
+                }
+            }
+            _ => return None,
+        };
+        slots.push(slot);
+    }
+    let len = d.u32()? as usize;
+    let data = d.take(len)?;
+    let mut values = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let v = match slot {
+            Slot::Null => Value::Null,
+            Slot::Bool(b) => Value::Bool(b),
+            Slot::Int(i) => Value::Int(i),
+            Slot::Float(x) => Value::Float(x),
+            Slot::Text(s) => Value::Text(std::str::from_utf8(data.get(s.range())?).ok()?),
+            Slot::Bytes(s) => Value::Bytes(data.get(s.range())?),
+        };
+        values.push(v.to_json());
+    }
+    Some(Decoded {
+        job,
+        part,
+        ordinal,
+        layout,
+        values,
+    })
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the store file; several processes may share it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(crate::journal::CACHE_BYTES)
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+        Self::init(db)
+    }
+
+    /// Open a store on another storage backend (power-loss tests).
+    pub fn open_with_backend(backend: impl StorageBackend) -> Result<Self, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(crate::journal::CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| StoreError::Open {
+                path: "(backend)".into(),
+                detail: e.to_string(),
+            })?;
+        Self::init(db)
+    }
+
+    fn init(db: Database) -> Result<Self, StoreError> {
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_two_phase_commit(true);
+        txn.open_table(RECORDS).map_err(storage)?;
+        txn.open_table(LAYOUTS).map_err(storage)?;
+        txn.open_table(WATERMARKS).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(EmbeddedStore { db })
+    }
+
+    /// Upsert a batch and its watermark in one transaction.
+    pub fn apply_sync(&self, batch: &Batch) -> Result<(), SinkError> {
+        let io = |e: &dyn std::fmt::Display| SinkError::Io(e.to_string());
+        let mut txn = self.db.begin_write().map_err(|e| io(&e))?;
+        txn.set_two_phase_commit(true);
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| io(&e))?;
+            let mut layouts = txn.open_table(LAYOUTS).map_err(|e| io(&e))?;
+            // Records of a batch share a few layouts: look each up once.
+            let mut ids: HashMap<*const Layout, u64> = HashMap::new();
+            let mut buf = Vec::new();
+            for item in &batch.items {
+                let ptr = Arc::as_ptr(item.record.layout());
+                let id = match ids.get(&ptr) {
+                    Some(id) => *id,
+                    None => {
+                        let json = layout_json(item.record.layout());
+                        let id = layout_id(&json);
+                        if layouts.get(id).map_err(|e| io(&e))?.is_none() {
+                            layouts.insert(id, json.as_slice()).map_err(|e| io(&e))?;
+                        }
+                        ids.insert(ptr, id);
+                        id
+                    }
+                };
+                encode(
+                    &mut buf,
+                    batch.job,
+                    batch.part,
+                    item.ordinal,
+                    id,
+                    &item.record,
+                );
+                records
+                    .insert(
+                        (batch.tenant.as_str(), item.kind.as_str(), item.key.as_str()),
+                        buf.as_slice(),
+                    )
+                    .map_err(|e| io(&e))?;
+            }
+            if let Some(last) = batch.items.last() {
+                let mut marks = txn.open_table(WATERMARKS).map_err(|e| io(&e))?;
+                marks
+                    .insert((batch.job, batch.part), last.ordinal)
+                    .map_err(|e| io(&e))?;
+            }
+        }
+        crate::faults::point("apply.mid-target-commit");
+        txn.commit().map_err(|e| io(&e))
+    }
+
+    /// Last ordinal of `(job, part)` the store holds, if any.
+    pub fn watermark(&self, job: u64, part: u32) -> Result<Option<u64>, StoreError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(WATERMARKS).map_err(storage)?;
+        Ok(t.get((job, part)).map_err(storage)?.map(|v| v.value()))
+    }
+
+    /// Every record of `tenant` (or of all tenants), sorted by tenant, kind,
+    /// key, to `f`.
+    pub fn for_each(
+        &self,
+        tenant: Option<&str>,
+        mut f: impl FnMut(StoredRecord) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let records = r.open_table(RECORDS).map_err(storage)?;
+        let layouts = r.open_table(LAYOUTS).map_err(storage)?;
+        let mut names: HashMap<u64, Vec<String>> = HashMap::new();
+        let iter = match tenant {
+            Some(t) => records.range((t, "", "")..).map_err(storage)?,
+            None => records.iter().map_err(storage)?,
+        };
+        for entry in iter {
+            let (k, v) = entry.map_err(storage)?;
+            let (t, kind, key) = k.value();
+            if tenant.is_some_and(|want| want != t) {
+                break;
+            }
+            let what = || format!("{t}/{kind}/{key}");
+            let d = decode(v.value()).ok_or_else(|| StoreError::Corrupt {
+                what: what(),
+                detail: "undecodable value".into(),
+            })?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(d.layout) {
+                let l =
+                    layouts
+                        .get(d.layout)
+                        .map_err(storage)?
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: what(),
+                            detail: format!("layout {:x} missing", d.layout),
+                        })?;
+                let parsed: Json =
+                    serde_json::from_slice(l.value()).map_err(|e| StoreError::Corrupt {
+                        what: what(),
+                        detail: e.to_string(),
+                    })?;
+                let fields = parsed["fields"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                slot.insert(fields);
+            }
+            let fields = names[&d.layout].iter().cloned().zip(d.values).collect();
+            f(StoredRecord {
+                tenant: t.to_owned(),
+                kind: kind.to_owned(),
+                key: key.to_owned(),
+                fields,
+                job: d.job,
+                part: d.part,
+                ordinal: d.ordinal,
+            })
+            .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Write the store's records as JSON lines, sorted by tenant, kind and
+    /// key.
+    pub fn export(&self, tenant: Option<&str>, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let mut n = 0;
+        self.for_each(tenant, |r| {
+            n += 1;
+            writeln!(out, "{}", r.to_json())
+        })?;
+        Ok(n)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Arc<EmbeddedStore> {
+    fn name(&self) -> &str {
+        "embedded"
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Vec<Outcome>, SinkError> {
+        let store = self.clone();
+        let n = batch.items.len();
+        tokio::task::spawn_blocking(move || store.apply_sync(&batch))
+            .await
+            .map_err(|e| SinkError::Io(e.to_string()))??;
+        Ok(vec![Outcome::Applied; n])
+    }
+}

@@ -1,0 +1,398 @@
+//! The import engine in process: two passes, record isolation, reports,
+//! identical imports, targets that refuse or falter, resume after a stop.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sluice::engine::{Engine, Storage, Submitted};
+use sluice::journal::{JobState, Journal, Stage};
+use sluice::sink::embedded::EmbeddedStore;
+use sluice::sink::{Batch, Outcome, Sink, SinkError};
+use sluice::spool::RealFs;
+
+use crate::common::{Fixture, csv_rows, test_config};
+
+fn errors(f: &Fixture, job: u64) -> Vec<(u64, sluice::journal::ErrorEntry)> {
+    let mut out = Vec::new();
+    f.engine
+        .journal()
+        .for_each_error(job, |_, ordinal, e| {
+            out.push((ordinal, e));
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+#[test]
+fn bad_records_are_isolated_and_reported_with_their_text() {
+    let f = Fixture::new(4);
+    let csv = b"id,name,amount\n1,alice,10\n2,bob\n3,carol,30\n1,again,5\n4,\"dan \"\"d\"\"\",7\n";
+    let job = f.import("people.csv", csv, |r| r.key = Some("id".into()));
+    assert_eq!(job.state, JobState::Completed);
+    assert!(job.totals_exact);
+    let c = &job.counts;
+    assert_eq!((c.scanned, c.rejected, c.applied, c.failed), (5, 2, 3, 0));
+    assert_eq!(
+        f.export(),
+        concat!(
+            r#"{"tenant":"acme","kind":"people","key":"1","fields":{"id":"1","name":"alice","amount":"10"}}"#,
+            "\n",
+            r#"{"tenant":"acme","kind":"people","key":"3","fields":{"id":"3","name":"carol","amount":"30"}}"#,
+            "\n",
+            r#"{"tenant":"acme","kind":"people","key":"4","fields":{"id":"4","name":"dan \"d\"","amount":"7"}}"#,
+            "\n"
+        )
+    );
+    let errs = errors(&f, job.id);
+    assert_eq!(errs.len(), 2);
+    let (ordinal, ragged) = &errs[0];
+    assert_eq!((*ordinal, ragged.line, ragged.offset), (2, 3, 26));
+    assert_eq!(
+        (ragged.stage, ragged.code.as_str()),
+        (Stage::Parse, "ragged-row")
+    );
+    assert_eq!(ragged.record, "2,bob\n");
+    let (ordinal, dup) = &errs[1];
+    assert_eq!(
+        (*ordinal, dup.stage, dup.code.as_str()),
+        (4, Stage::Validate, "duplicate-key")
+    );
+    assert!(dup.message.contains("record 1 (line 2)"), "{}", dup.message);
+    assert_eq!(job.errors_by_code.get("parse:ragged-row"), Some(&1));
+    assert!(
+        f.spool_files().is_empty(),
+        "spool cleaned: {:?}",
+        f.spool_files()
+    );
+}
+
+#[test]
+fn a_dry_run_validates_without_applying() {
+    let f = Fixture::new(10);
+    let job = f.import("rows.csv", &csv_rows(50, 10), |r| r.dry_run = true);
+    assert_eq!(job.state, JobState::Validated);
+    assert_eq!(
+        (job.counts.scanned, job.counts.rejected, job.counts.applied),
+        (50, 5, 0)
+    );
+    assert_eq!(f.export(), "");
+    assert!(f.spool_files().is_empty());
+}
+
+#[test]
+fn an_identical_import_is_found_not_repeated() {
+    let f = Fixture::new(10);
+    let csv = csv_rows(30, 0);
+    let first = f.import("rows.csv", &csv, |_| {});
+    let again = f.submit("other-name.csv", &csv, |_| {});
+    assert_eq!(again, Submitted::Existing(first.id));
+    assert!(
+        f.spool_files().is_empty(),
+        "the second upload was discarded"
+    );
+    // --new makes a new job, and position-derived keys make it land on the
+    // same records instead of duplicating them.
+    let export = f.export();
+    let forced = f.import("rows.csv", &csv, |r| r.force_new = true);
+    assert_ne!(forced.id, first.id);
+    assert_eq!(forced.counts.applied, 30);
+    assert_eq!(f.export(), export);
+    // A different tenant is a different import.
+    let other = f.submit("rows.csv", &csv, |r| r.tenant = "globex".into());
+    assert!(matches!(other, Submitted::New(_)));
+}
+
+#[test]
+fn tenants_are_kept_apart() {
+    let f = Fixture::new(10);
+    let csv = b"id,v\n1,a\n";
+    f.import("t.csv", csv, |r| r.key = Some("id".into()));
+    f.import("t.csv", b"id,v\n1,b\n", |r| {
+        r.key = Some("id".into());
+        r.tenant = "globex".into();
+    });
+    let mut out = Vec::new();
+    f.engine.store().export(Some("globex"), &mut out).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"tenant\":\"globex\",\"kind\":\"t\",\"key\":\"1\",\"fields\":{\"id\":\"1\",\"v\":\"b\"}}\n"
+    );
+    assert_eq!(f.export().lines().count(), 2);
+}
+
+#[test]
+fn key_field_problems_are_validation_errors() {
+    let f = Fixture::new(10);
+    let job = f.import("k.csv", b"id,v\n,a\n2,b\n", |r| r.key = Some("id".into()));
+    assert_eq!((job.counts.rejected, job.counts.applied), (1, 1));
+    assert_eq!(errors(&f, job.id)[0].1.code, "empty-key");
+    let job = f.import("k2.csv", b"a,b\n1,2\n", |r| r.key = Some("nope".into()));
+    let e = &errors(&f, job.id)[0].1;
+    assert_eq!(e.code, "missing-key-field");
+    assert!(e.message.contains("its fields: a, b"), "{}", e.message);
+}
+
+#[test]
+fn a_plugin_fault_fails_its_job_and_cleans_up() {
+    let f = Fixture::new(10);
+    f.install_hostile();
+    let job = f.import("x.txt", b"a\nb\nc\n", |r| {
+        r.format = Some("hostile".into());
+        r.options = vec![
+            ("mode".into(), "panic".into()),
+            ("after".into(), "2".into()),
+        ];
+    });
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("plugin hostile 6.6.6") && error.contains("panic"),
+        "{error}"
+    );
+    assert!(f.spool_files().is_empty());
+    assert_eq!(f.export(), "");
+}
+
+#[test]
+fn bad_options_fail_the_job_with_the_plugins_message() {
+    let f = Fixture::new(10);
+    let job = f.import("x.csv", b"a\n1\n", |r| {
+        r.options = vec![("delimiter".into(), "too-long".into())]
+    });
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.unwrap().contains("delimiter"));
+}
+
+#[test]
+fn unknown_formats_are_refused_before_a_job_exists() {
+    let f = Fixture::new(10);
+    let err =
+        f.rt.block_on(f.engine.submit(
+            sluice::engine::ImportRequest {
+                source: "data.unknown".into(),
+                tenant: "acme".into(),
+                ..Default::default()
+            },
+            std::io::Cursor::new(b"x".to_vec()),
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("pass --format"), "{err}");
+    assert!(f.engine.journal().jobs().unwrap().is_empty());
+    assert!(f.spool_files().is_empty());
+}
+
+#[test]
+fn cancelling_a_job_that_is_not_running_ends_it() {
+    let f = Fixture::new(10);
+    let id = f.submit("rows.csv", &csv_rows(10, 0), |_| {}).job();
+    let job = f.rt.block_on(f.engine.cancel(id)).unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(f.spool_files().is_empty());
+    assert_eq!(f.export(), "");
+}
+
+/// A target in front of the embedded store that falters on cue.
+struct Faltering {
+    store: Arc<EmbeddedStore>,
+    calls: AtomicU32,
+    transient_until: u32,
+    io_at: Option<u32>,
+    refuse_key: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Faltering {
+    fn name(&self) -> &str {
+        "faltering"
+    }
+
+    async fn apply(&self, batch: Arc<Batch>) -> Result<Vec<Outcome>, SinkError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if call <= self.transient_until {
+            return Err(SinkError::Transient("503 Service Unavailable".into()));
+        }
+        if self.io_at == Some(call) {
+            // Write, then fail as if the process lost track of the commit.
+            self.store.apply_sync(&batch)?;
+            return Err(SinkError::Io("disk vanished".into()));
+        }
+        let mut keep = (*batch).clone();
+        keep.items
+            .retain(|i| Some(&i.key) != self.refuse_key.as_ref());
+        self.store.apply_sync(&keep)?;
+        Ok(batch
+            .items
+            .iter()
+            .map(|i| {
+                if Some(&i.key) == self.refuse_key.as_ref() {
+                    Outcome::Rejected {
+                        code: "constraint".into(),
+                        message: "amount must be positive".into(),
+                    }
+                } else {
+                    Outcome::Applied
+                }
+            })
+            .collect())
+    }
+}
+
+fn faltering_engine(
+    dir: &std::path::Path,
+    interval: u64,
+    sink: impl FnOnce(Arc<EmbeddedStore>) -> Faltering,
+) -> (Engine, Arc<Faltering>) {
+    let store = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap());
+    let sink = Arc::new(sink(store.clone()));
+    let engine = Engine::with_storage(
+        dir,
+        test_config(interval),
+        Storage {
+            journal: Journal::open(&dir.join("journal.redb")).unwrap(),
+            store,
+            spool_fs: Arc::new(RealFs),
+        },
+        Some(sink.clone() as Arc<dyn Sink>),
+    )
+    .unwrap();
+    (engine, sink)
+}
+
+fn faltering(store: Arc<EmbeddedStore>) -> Faltering {
+    Faltering {
+        store,
+        calls: AtomicU32::new(0),
+        transient_until: 0,
+        io_at: None,
+        refuse_key: None,
+    }
+}
+
+#[test]
+fn a_record_the_target_refuses_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = faltering_engine(dir.path(), 4, |s| Faltering {
+        refuse_key: Some("5".into()),
+        ..faltering(s)
+    });
+    let f = Fixture {
+        dir,
+        engine,
+        rt: crate::common::runtime(),
+    };
+    let job = f.import("rows.csv", &csv_rows(10, 0), |r| r.key = Some("id".into()));
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!((job.counts.applied, job.counts.failed), (9, 1));
+    let e = &errors(&f, job.id)[0];
+    assert_eq!(
+        (e.0, e.1.stage, e.1.code.as_str()),
+        (5, Stage::Apply, "constraint")
+    );
+    assert_eq!(e.1.record, "5,name-5,35\n");
+    assert_eq!(f.export().lines().count(), 9);
+}
+
+#[test]
+fn transient_target_errors_are_retried_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, sink) = faltering_engine(dir.path(), 4, |s| Faltering {
+        transient_until: 3,
+        ..faltering(s)
+    });
+    let f = Fixture {
+        dir,
+        engine,
+        rt: crate::common::runtime(),
+    };
+    let job = f.import("rows.csv", &csv_rows(10, 0), |_| {});
+    assert_eq!((job.counts.applied, job.counts.failed), (10, 0));
+    assert_eq!(
+        sink.calls.load(Ordering::SeqCst),
+        3 + 3,
+        "3 refusals, then 3 batches"
+    );
+    assert_eq!(f.export().lines().count(), 10);
+}
+
+#[test]
+fn a_stop_between_target_write_and_journal_commit_resumes_exactly_once() {
+    let reference = Fixture::new(4);
+    reference.import("rows.csv", &csv_rows(20, 7), |r| r.key = Some("id".into()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = faltering_engine(dir.path(), 4, |s| Faltering {
+        io_at: Some(2),
+        ..faltering(s)
+    });
+    let f = Fixture {
+        dir,
+        engine,
+        rt: crate::common::runtime(),
+    };
+    let id = f
+        .submit("rows.csv", &csv_rows(20, 7), |r| r.key = Some("id".into()))
+        .job();
+    let err = f.run(id).unwrap_err();
+    assert!(err.to_string().contains("sluice recover"), "{err}");
+    let stopped = f.engine.journal().job(id).unwrap();
+    assert_eq!(stopped.state, JobState::Applying, "left resumable");
+    // A restarted process recovers it.
+    let f = f.reopen(test_config(4));
+    let report = f.rt.block_on(f.engine.recover()).unwrap();
+    assert_eq!(report.resumed, vec![(id, JobState::Completed)]);
+    let job = f.engine.journal().job(id).unwrap();
+    assert_eq!(
+        (job.counts.scanned, job.counts.rejected, job.counts.applied),
+        (20, 2, 18)
+    );
+    assert_eq!(f.export(), reference.export());
+    assert!(f.spool_files().is_empty());
+}
+
+#[test]
+fn a_plugin_that_resumes_differently_is_caught_before_applying() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _) = faltering_engine(dir.path(), 2, |s| Faltering {
+        io_at: Some(2),
+        ..faltering(s)
+    });
+    let f = Fixture {
+        dir,
+        engine,
+        rt: crate::common::runtime(),
+    };
+    f.install_hostile();
+    let id = f
+        .submit("lines.txt", b"a\nb\nc\nd\ne\nf\n", |r| {
+            r.format = Some("hostile".into());
+            r.options = vec![("mode".into(), "drift".into())];
+        })
+        .job();
+    assert!(f.run(id).is_err());
+    let f = f.reopen(test_config(2));
+    f.rt.block_on(f.engine.recover()).unwrap();
+    let job = f.engine.journal().job(id).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("not deterministic") && error.contains("records 3..=4"),
+        "{error}"
+    );
+    // The first interval was applied and journaled; the drifting one
+    // (re-parsed from its checkpoint after the stop) was not applied.
+    assert_eq!(job.counts.applied, 2);
+    assert!(!f.export().contains("\"C\""));
+}
+
+#[test]
+fn progress_is_derived_from_the_journal() {
+    let f = Fixture::new(10);
+    let job = f.import("rows.csv", &csv_rows(25, 5), |_| {});
+    let p = sluice::progress::Progress::of(&job);
+    assert_eq!(
+        (p.total, p.scanned, p.rejected, p.applied, p.processed),
+        (Some(25), 25, 5, 20, 25)
+    );
+    assert_eq!(p.bytes, csv_rows(25, 5).len() as u64);
+}
