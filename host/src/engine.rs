@@ -55,6 +55,8 @@ pub struct EngineConfig {
     pub retry_max: Duration,
     /// The plugin sandbox.
     pub sandbox: SandboxConfig,
+    /// Defences for ZIP uploads.
+    pub archive: crate::archive::ArchiveLimits,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +70,7 @@ impl Default for EngineConfig {
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             sandbox: SandboxConfig::default(),
+            archive: crate::archive::ArchiveLimits::default(),
         }
     }
 }
@@ -290,7 +293,10 @@ impl Engine {
         let plugin = if archive {
             None
         } else {
-            Some(self.choose_plugin(&req, &req.source).map_err(discard)?)
+            Some(
+                self.choose_plugin(&req.tenant, req.format.as_deref(), &req.source)
+                    .map_err(discard)?,
+            )
         };
         let fingerprint = fingerprint(&req, &spooled, plugin.as_ref().map(|p| p.digest().hex()));
         if !req.force_new
@@ -348,9 +354,14 @@ impl Engine {
 
     /// The plugin for `name` (a path or an archive entry): the requested
     /// format, else by extension.
-    fn choose_plugin(&self, req: &ImportRequest, name: &str) -> Result<Arc<Plugin>, EngineError> {
-        let tenant = Some(req.tenant.as_str());
-        if let Some(format) = &req.format {
+    fn choose_plugin(
+        &self,
+        tenant: &str,
+        format: Option<&str>,
+        name: &str,
+    ) -> Result<Arc<Plugin>, EngineError> {
+        let tenant = Some(tenant);
+        if let Some(format) = format {
             return Ok(self.inner.registry.resolve(tenant, format)?.1);
         }
         let ext = Path::new(name).extension().and_then(|e| e.to_str());
@@ -513,7 +524,7 @@ impl Engine {
                     let msg = format!("{c}; fix the --option values and import again");
                     self.finish(id, JobState::Failed, Some(msg)).await?;
                 }
-                Err(PassError::Inconsistent(msg)) => {
+                Err(PassError::Inconsistent(msg) | PassError::Rejected(msg)) => {
                     self.finish(id, JobState::Failed, Some(msg)).await?;
                 }
                 Err(PassError::Journal(e)) => return Err(e.into()),
@@ -548,15 +559,87 @@ impl Engine {
 
     async fn start_scan(&self, job: &JobRecord) -> Result<(), PassError> {
         if job.archive {
-            return Err(PassError::Inconsistent(
-                "ZIP uploads are not supported yet".into(),
-            ));
+            return self.expand(job).await;
         }
         self.write_job(job.id, |j| {
             j.state = JobState::Scanning;
             j.times.scan_started.get_or_insert(now_ms());
         })
         .await
+    }
+
+    /// Expand a ZIP upload into spooled parts, choose each part's plugin,
+    /// and journal the parts with the move to scanning in one commit. A
+    /// crash before that commit leaves part files no job references: the
+    /// sweep removes them and the expansion runs again.
+    async fn expand(&self, job: &JobRecord) -> Result<(), PassError> {
+        let this = self.clone();
+        let job = job.clone();
+        tokio::task::spawn_blocking(move || this.expand_blocking(&job))
+            .await
+            .map_err(|e| PassError::Inconsistent(format!("expansion task failed: {e}")))?
+    }
+
+    fn expand_blocking(&self, job: &JobRecord) -> Result<(), PassError> {
+        let inner = &self.inner;
+        let upload = inner
+            .spool
+            .open(&job.upload.file)
+            .map_err(|source| PassError::Spool {
+                file: job.upload.file.clone(),
+                source,
+            })?;
+        let mut sink = SpoolParts {
+            spool: &inner.spool,
+            done: Vec::new(),
+        };
+        let expanded = crate::archive::expand(upload, &inner.config.archive, &mut sink);
+        let discard = |parts: &[(crate::archive::EntryMeta, Spooled)]| {
+            for (_, s) in parts {
+                let _ = inner.spool.remove(&s.file);
+            }
+        };
+        if let Err(e) = expanded {
+            discard(&sink.done);
+            return Err(PassError::Rejected(e.to_string()));
+        }
+        let mut parts = Vec::with_capacity(sink.done.len());
+        let mut plugins = Vec::new();
+        for (i, (entry, spooled)) in sink.done.iter().enumerate() {
+            let plugin = match self.choose_plugin(&job.tenant, job.format.as_deref(), &entry.name) {
+                Ok(p) => p,
+                Err(e) => {
+                    discard(&sink.done);
+                    return Err(PassError::Rejected(format!(
+                        "archive entry {:?}: {e}",
+                        entry.name
+                    )));
+                }
+            };
+            let label = format!("{} {}", plugin.info().name, plugin.info().version);
+            if !plugins.contains(&label) {
+                plugins.push(label);
+            }
+            let options = options_for(&job.options, &plugin);
+            parts.push(part_record(
+                i as u32,
+                &entry.name,
+                spooled.clone(),
+                &plugin,
+                &options,
+            ));
+        }
+        let id = job.id;
+        inner.journal.write(|tx| {
+            tx.replace_parts(id, &parts)?;
+            let mut j = tx.job(id)?;
+            j.parts = parts.len() as u32;
+            j.plugins = plugins;
+            j.state = JobState::Scanning;
+            j.times.scan_started.get_or_insert(now_ms());
+            tx.put_job(&j)
+        })?;
+        Ok(())
     }
 
     fn part_ctx(
@@ -796,6 +879,75 @@ fn fingerprint(req: &ImportRequest, spooled: &Spooled, plugin: Option<String>) -
     }
     put(if req.dry_run { "dry-run" } else { "import" });
     hex::encode(h.finalize())
+}
+
+/// The options for one plugin: unprefixed options go to every plugin, and
+/// `FORMAT.NAME=VALUE` only to the plugin named (or handling) FORMAT, so one
+/// import of a mixed archive can configure each format.
+fn options_for(options: &[(String, String)], plugin: &Plugin) -> Vec<(String, String)> {
+    let info = plugin.info();
+    options
+        .iter()
+        .filter_map(|(k, v)| match k.split_once('.') {
+            Some((scope, name))
+                if info.name == scope || info.formats.iter().any(|f| f == scope) =>
+            {
+                Some((name.to_owned(), v.clone()))
+            }
+            Some(_) => None,
+            None => Some((k.clone(), v.clone())),
+        })
+        .collect()
+}
+
+/// Writes each archive entry to its own spool file.
+struct SpoolParts<'a> {
+    spool: &'a Spool,
+    done: Vec<(crate::archive::EntryMeta, Spooled)>,
+}
+
+/// A spool writer as `io::Write`, for the archive module.
+struct PartFile(crate::spool::SpoolWriter);
+
+impl std::io::Write for PartFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(std::io::Error::other)?;
+        if self.0.size() == buf.len() as u64 {
+            faults::point("zip.mid-entry");
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl crate::archive::PartSink for SpoolParts<'_> {
+    type Part = PartFile;
+
+    fn begin(&mut self, _entry: &crate::archive::EntryMeta) -> std::io::Result<PartFile> {
+        self.spool
+            .writer("part")
+            .map(PartFile)
+            .map_err(std::io::Error::other)
+    }
+
+    fn commit(
+        &mut self,
+        entry: &crate::archive::EntryMeta,
+        part: PartFile,
+        _bytes: u64,
+    ) -> std::io::Result<()> {
+        let spooled = part.0.finish().map_err(std::io::Error::other)?;
+        self.done.push((entry.clone(), spooled));
+        faults::point("zip.after-entry");
+        Ok(())
+    }
+
+    fn abort(&mut self, _entry: &crate::archive::EntryMeta, part: PartFile) {
+        part.0.abandon();
+    }
 }
 
 /// The kind records get when their plugin names none: the file's stem.

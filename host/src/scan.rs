@@ -49,6 +49,9 @@ pub(crate) enum PassError {
     Stopped,
     #[error("{0}")]
     Inconsistent(String),
+    /// The upload itself is unacceptable (a hostile archive ...).
+    #[error("{0}")]
+    Rejected(String),
     #[error(transparent)]
     Sink(#[from] crate::sink::SinkError),
 }

@@ -2,6 +2,7 @@
 //! the real wasmtime, real plugin components built from `plugins/` and
 //! `tests/guests/`, real files and real processes.
 
+mod archive;
 mod common;
 mod crash;
 mod engine;
