@@ -139,7 +139,9 @@ impl Adapter for FixedWidth {
                           positions given by the columns option"
                 .into(),
             formats: vec!["fixed-width".into()],
-            extensions: vec!["fw".into(), "fwf".into(), "dat".into(), "txt".into()],
+            // Not `txt` or `dat`: files with those names are rarely fixed-width,
+            // and this adapter cannot parse without its `columns` option.
+            extensions: vec!["fw".into(), "fwf".into()],
             // No registered media type exists, and text/plain would claim
             // every text upload.
             media_types: Vec::new(),
