@@ -320,6 +320,31 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
+/// Open a redb file shared by several processes, creating it atomically:
+/// a new database is built under a temporary name and renamed into place
+/// once durable, so a crash during creation never leaves a file that is not
+/// a database (which no later open could repair).
+pub(crate) fn open_database(path: &Path) -> Result<Database, String> {
+    let builder = || {
+        let mut b = redb::Builder::new();
+        b.set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        b
+    };
+    if !path.exists() {
+        let tmp = path.with_extension("redb.new");
+        let _ = std::fs::remove_file(&tmp);
+        drop(builder().create(&tmp).map_err(|e| e.to_string())?);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            .map_err(|e| e.to_string())?;
+    }
+    builder().create(path).map_err(|e| e.to_string())
+}
+
 /// The journal of one data directory.
 pub struct Journal {
     db: Database,
@@ -340,14 +365,10 @@ impl Journal {
     /// Open (or create) the journal file. Several sluice processes may have
     /// it open at once.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(path)
-            .map_err(|e| JournalError::Open {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+        let db = open_database(path).map_err(|detail| JournalError::Open {
+            path: path.display().to_string(),
+            detail,
+        })?;
         Self::init(db)
     }
 
@@ -368,6 +389,15 @@ impl Journal {
             db,
             poisoned: AtomicBool::new(false),
         };
+        // Opening an initialised journal writes nothing.
+        let current = journal.read_txn().and_then(|r| match r.open_table(META) {
+            Ok(t) => Ok(t.get("schema").map_err(storage)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(storage(e)),
+        })?;
+        if current == Some(SCHEMA) {
+            return Ok(journal);
+        }
         journal.write(|tx| {
             let mut meta = tx.txn.open_table(META).map_err(storage)?;
             let schema = meta.get("schema").map_err(storage)?.map(|v| v.value());

@@ -414,6 +414,33 @@ mod tests {
         assert_eq!(spool.read_at(&s.file, 4, 4).unwrap(), b"1,2\n");
     }
 
+    proptest::proptest! {
+        /// Whatever the content and however the input is chunked, the
+        /// spooled file is the content and its digest is the content's.
+        #[test]
+        fn spool_digest_equals_content(
+            content in proptest::collection::vec(proptest::num::u8::ANY, 0..200_000),
+            chunk in 1usize..70_000,
+        ) {
+            struct Chunked<'a>(&'a [u8], usize);
+            impl Read for Chunked<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                    let n = self.0.len().min(self.1).min(buf.len());
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            let (_d, spool) = spool();
+            let s = spool.spool(&mut Chunked(&content, chunk), u64::MAX).unwrap();
+            proptest::prop_assert_eq!(s.size, content.len() as u64);
+            proptest::prop_assert_eq!(&s.digest, &Digest::of(&content).hex());
+            let mut back = Vec::new();
+            spool.open(&s.file).unwrap().read_to_end(&mut back).unwrap();
+            proptest::prop_assert_eq!(back, content);
+        }
+    }
+
     #[test]
     fn the_size_cap_holds_while_streaming() {
         let (_d, spool) = spool();

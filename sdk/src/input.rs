@@ -78,6 +78,19 @@ impl Input {
         )
     }
 
+    /// An input over any reader (a file, for native runs over inputs too
+    /// large to hold in memory), handing out chunks of up to `chunk_size`
+    /// bytes. A read error ends the input, as the host would fail the parse.
+    pub fn from_reader(reader: impl std::io::Read + 'static, chunk_size: usize) -> Self {
+        Self::new(
+            Box::new(ReaderSource {
+                reader: Box::new(reader),
+                chunk: chunk_size.max(1),
+            }),
+            0,
+        )
+    }
+
     /// Absolute input offset of the next unread byte.
     pub fn offset(&self) -> u64 {
         self.base + self.pos as u64
@@ -128,6 +141,28 @@ impl BufRead for Input {
     }
 }
 
+struct ReaderSource {
+    reader: Box<dyn std::io::Read>,
+    chunk: usize,
+}
+
+impl ChunkSource for ReaderSource {
+    fn next_chunk(&mut self) -> Vec<u8> {
+        let mut buf = vec![0; self.chunk];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        buf.truncate(filled);
+        buf
+    }
+}
+
 struct SliceSource {
     bytes: Vec<u8>,
     pos: usize,
@@ -159,6 +194,16 @@ mod tests {
         assert_eq!(all, b"abcdefg");
         assert_eq!(input.offset(), 107);
         assert!(input.at_end());
+    }
+
+    #[test]
+    fn readers_are_chunked() {
+        let mut input = Input::from_reader(std::io::Cursor::new(b"hello world".to_vec()), 4);
+        assert_eq!(input.fill(), b"hell");
+        input.advance(4);
+        let mut rest = String::new();
+        input.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "o world");
     }
 
     #[test]

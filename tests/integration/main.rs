@@ -6,4 +6,5 @@ mod archive;
 mod common;
 mod crash;
 mod engine;
+mod powerloss;
 mod sandbox;

@@ -170,7 +170,4 @@ pub enum LoadError {
         #[source]
         source: Box<PluginFault>,
     },
-    /// Reading or writing the compiled-component cache failed.
-    #[error("plugin cache {path}: {source}")]
-    Cache { path: String, source: io::Error },
 }

@@ -306,17 +306,32 @@ impl Sandbox {
             }
         }
         let component = Component::new(&self.engine, wasm).map_err(invalid)?;
-        let bytes = component.serialize().map_err(invalid)?;
-        let cache_err = |source| LoadError::Cache {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(cache_err)?;
-        // Write beside, then rename: a reader never sees half an artifact.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &bytes).map_err(cache_err)?;
-        std::fs::rename(&tmp, &path).map_err(cache_err)?;
+        // The cache only saves time: failing to write it is not fatal.
+        if let Err(e) = Self::store_artifact(&component, dir, &path) {
+            tracing::warn!(path = %path.display(), "cannot cache the compiled component: {e}");
+        }
         Ok(component)
+    }
+
+    /// Write a compiled component to the cache.
+    fn store_artifact(component: &Component, dir: &Path, path: &Path) -> std::io::Result<()> {
+        let bytes = component
+            .serialize()
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        std::fs::create_dir_all(dir)?;
+        // Write beside under a name no other writer uses, then rename: a
+        // reader never sees half an artifact, and two processes or threads
+        // compiling the same component at once both succeed.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = path.with_extension(format!(
+            "tmp{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
     }
 
     /// Find the exported `sluice:adapter/parse@X` and check X is accepted.

@@ -23,9 +23,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{
-    ConcurrencyMode, Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefinition};
 use serde_json::{Map, Value as Json, json};
 use sha2::{Digest as _, Sha256};
 
@@ -215,14 +213,10 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
 impl EmbeddedStore {
     /// Open (or create) the store file; several processes may share it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(crate::journal::CACHE_BYTES)
-            .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-            .create(path)
-            .map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+        let db = crate::journal::open_database(path).map_err(|detail| StoreError::Open {
+            path: path.display().to_string(),
+            detail,
+        })?;
         Self::init(db)
     }
 
@@ -239,6 +233,15 @@ impl EmbeddedStore {
     }
 
     fn init(db: Database) -> Result<Self, StoreError> {
+        // Opening an initialised store writes nothing.
+        let ready = db
+            .begin_read()
+            .map_err(storage)?
+            .open_table(WATERMARKS)
+            .is_ok();
+        if ready {
+            return Ok(EmbeddedStore { db });
+        }
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_two_phase_commit(true);
         txn.open_table(RECORDS).map_err(storage)?;

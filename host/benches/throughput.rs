@@ -1,0 +1,283 @@
+//! Throughput and peak memory, measured (never asserted).
+//!
+//! `cargo bench -p sluice --bench throughput` generates config-like CSV
+//! files (10 columns, quoted commas, about 1% of rows with an embedded
+//! newline) in the target directory and measures, each path in its own
+//! process so peak RSS is its own:
+//!
+//! - parse: the `csv` crate with a reused `ByteRecord` (the native
+//!   baseline); the csv adapter compiled natively, building the same owned
+//!   records it returns in the sandbox; the sandboxed csv plugin with its CPU
+//!   limits on.
+//! - import: a whole import (spool, both passes, journal, embedded store)
+//!   beside the baseline, and the peak RSS of an import several times larger.
+//!
+//! Arguments after `--`: `parse`, `import` (default: both), `--rows N`
+//! (default 1,000,000), `--big-factor K` (default 4).
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        child(&args[1], Path::new(&args[2]));
+        return;
+    }
+    let rows = flag(&args, "--rows").unwrap_or(1_000_000);
+    let big = flag(&args, "--big-factor").unwrap_or(4);
+    let only: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| matches!(*a, "parse" | "import"))
+        .collect();
+    let want = |what: &str| only.is_empty() || only.contains(&what);
+    let file = generate(rows);
+    println!(
+        "input: {} rows, {:.1} MB ({})",
+        rows,
+        std::fs::metadata(&file).unwrap().len() as f64 / 1e6,
+        file.display()
+    );
+    let baseline = measure("native-csv", &file);
+    report("native csv crate, reused ByteRecord", &baseline, &baseline);
+    if want("parse") {
+        let native = measure("native-adapter", &file);
+        report("csv adapter natively, owned records", &native, &baseline);
+        let sandboxed = measure("sandbox", &file);
+        report(
+            "csv plugin in the sandbox, CPU limit on",
+            &sandboxed,
+            &baseline,
+        );
+        println!(
+            "sandboxed / same-work native: {:.2}x",
+            rate(&sandboxed) / rate(&native)
+        );
+    }
+    if want("import") {
+        let import = measure("import", &file);
+        report(
+            "import end to end (both passes, journal, store)",
+            &import,
+            &baseline,
+        );
+        let big_file = generate(rows * big);
+        let big_import = measure("import", &big_file);
+        report(
+            &format!("import end to end, {big}x the rows"),
+            &big_import,
+            &baseline,
+        );
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Option<usize> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn rate(v: &Value) -> f64 {
+    v["records"].as_f64().unwrap() / v["secs"].as_f64().unwrap()
+}
+
+fn report(label: &str, v: &Value, baseline: &Value) {
+    println!(
+        "{label:<50} {:>9.0} records/s  {:>5.2}x native  peak RSS {:>6.1} MiB  ({} records, {:.2} s)",
+        rate(v),
+        rate(v) / rate(baseline),
+        v["peak_rss_kib"].as_f64().unwrap() / 1024.0,
+        v["records"],
+        v["secs"].as_f64().unwrap()
+    );
+}
+
+/// Run one path in a child process and return what it measured.
+fn measure(path: &str, file: &Path) -> Value {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--child", path])
+        .arg(file)
+        .output()
+        .expect("child runs");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("child prints JSON")
+}
+
+/// Peak resident set of this process, KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn child(path: &str, file: &Path) {
+    let started = Instant::now();
+    let records = match path {
+        "native-csv" => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_path(file)
+                .unwrap();
+            let mut record = csv::ByteRecord::new();
+            let mut n = 0u64;
+            while reader.read_byte_record(&mut record).unwrap() {
+                n += 1;
+            }
+            n
+        }
+        "native-adapter" => {
+            use sluice_sdk::{Adapter, Input, Item};
+            let f = std::fs::File::open(file).unwrap();
+            let mut parser = sluice_sdk::testing::Harness::<sluice_plugin_csv::CsvAdapter>::new()
+                .open(Input::from_reader(f, 64 << 10), None)
+                .unwrap();
+            let mut n = 0u64;
+            loop {
+                match parser.next() {
+                    Item::Record(r) => {
+                        std::hint::black_box(&r);
+                        n += 1;
+                    }
+                    Item::Error(_) => {}
+                    Item::End | Item::Fatal(_) => break,
+                }
+            }
+            n
+        }
+        "sandbox" => {
+            use sluice::record::Item;
+            let dir = tempfile::tempdir().unwrap();
+            let sandbox = sluice::sandbox::Sandbox::new(sluice::sandbox::SandboxConfig {
+                cache_dir: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            })
+            .unwrap();
+            let (_, wasm) = sluice::registry::bundled::ALL
+                .iter()
+                .find(|(n, _)| *n == "csv.wasm")
+                .unwrap();
+            let plugin = sandbox.load("csv.wasm", wasm).unwrap();
+            let input = std::fs::File::open(file).unwrap();
+            let started = Instant::now();
+            let mut parse = sandbox
+                .open(&plugin, Box::new(input), &[], None, None, None)
+                .unwrap();
+            let mut n = 0u64;
+            loop {
+                match parse.next().unwrap() {
+                    Item::Record(r) => {
+                        std::hint::black_box(&r);
+                        n += 1;
+                    }
+                    Item::Error(_) => {}
+                    Item::End | Item::Fatal(_) => break,
+                }
+            }
+            return print_child(n, started, path);
+        }
+        "import" => {
+            let dir = tempfile::tempdir().unwrap();
+            let engine =
+                sluice::engine::Engine::open(dir.path(), sluice::engine::EngineConfig::default())
+                    .unwrap();
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            // Compile the plugin before the clock starts: a real service
+            // has it cached.
+            engine.registry().resolve(None, "csv").unwrap();
+            let started = Instant::now();
+            let job = rt.block_on(async {
+                let input = tokio::fs::File::open(file).await.unwrap();
+                let req = sluice::engine::ImportRequest {
+                    source: file.display().to_string(),
+                    tenant: "bench".into(),
+                    key: Some("key".into()),
+                    ..Default::default()
+                };
+                let id = engine.submit(req, input).await.unwrap().job();
+                engine.run(id).await.unwrap()
+            });
+            assert_eq!(job.counts.failed + job.counts.rejected, 0, "{job:?}");
+            return print_child(job.counts.applied, started, path);
+        }
+        other => panic!("unknown path {other}"),
+    };
+    print_child(records, started, path);
+}
+
+fn print_child(records: u64, started: Instant, path: &str) {
+    let secs = started.elapsed().as_secs_f64();
+    let v = json!({"path": path, "records": records, "secs": secs, "peak_rss_kib": peak_rss_kib()});
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}").unwrap();
+}
+
+/// Generate (once) `rows` config-like CSV rows in the target directory.
+fn generate(rows: usize) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("bench-config-{rows}.csv"));
+    // Written under another name and renamed when complete, so an existing
+    // file is a whole one.
+    if path.exists() {
+        return path;
+    }
+    let tmp = path.with_extension("partial");
+    let mut w = BufWriter::new(std::fs::File::create(&tmp).unwrap());
+    writeln!(
+        w,
+        "key,service,environment,region,setting,value,type,owner,updated_at,notes"
+    )
+    .unwrap();
+    let services = ["billing", "search", "auth", "gateway", "ledger", "mailer"];
+    let envs = ["prod", "staging", "dev"];
+    let regions = ["eu-west-1", "us-east-1", "ap-south-1", "sa-east-1"];
+    let types = ["int", "bool", "string", "duration"];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..rows {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let s = services[(x % 6) as usize];
+        let e = envs[(x >> 8) as usize % 3];
+        let r = regions[(x >> 16) as usize % 4];
+        let t = types[(x >> 24) as usize % 4];
+        let value = match t {
+            "int" => format!("{}", x % 100_000),
+            "bool" => format!("{}", x % 2 == 0),
+            "duration" => format!("{}s", x % 3600),
+            _ => format!("\"v{:x}, tuned\"", x % 0xffff),
+        };
+        let notes = if x % 100 == 0 {
+            "\"multi-line note:\nreviewed by the platform team\"".to_owned()
+        } else if x % 3 == 0 {
+            format!("\"changed in release {}.{}, see runbook\"", x % 40, x % 7)
+        } else {
+            "default".to_owned()
+        };
+        writeln!(
+            w,
+            "cfg-{i:08},{s},{e},{r},{s}.{e}.setting_{:04},{value},{t},team-{},2024-{:02}-{:02}T12:00:00Z,{notes}",
+            x % 5000,
+            x % 40,
+            x % 12 + 1,
+            x % 28 + 1
+        )
+        .unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
