@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use crate::faults;
 use crate::journal::{Counts, Interval, Stage};
 use crate::record::Item;
 use crate::scan::{Identity, PartCtx, PassError, digest_item};
-use crate::sink::{Batch, BatchItem, Outcome, Sink, SinkError};
+use crate::sink::{Batch, BatchItem, FailureClass, Outcome, Sink, SinkError};
 
 /// An interval ready to apply.
 struct Prepared {
@@ -184,68 +184,105 @@ fn nondeterministic(ctx: &PartCtx, interval: &Interval, what: &str) -> PassError
     ))
 }
 
-/// Apply a batch, retrying transient failures with exponential backoff and
-/// jitter. Permanent batch failures fail every record of the batch.
+/// Apply a batch, retrying by failure class: a transient or conflict
+/// failure of the whole batch, or of single records, is retried (only the
+/// records concerned) with backoff and jitter while the job's policy allows;
+/// other failures are final. Returns each record's outcome and attempts.
 async fn apply_with_retry(
     ctx: &PartCtx,
     sink: &dyn Sink,
     batch: Arc<Batch>,
 ) -> Result<Vec<(Outcome, u32)>, PassError> {
-    if batch.items.is_empty() {
-        return Ok(Vec::new());
-    }
-    let cfg = &ctx.config;
+    let n = batch.items.len();
+    let mut results: Vec<Option<(Outcome, u32)>> = vec![None; n];
+    let mut pending: Vec<usize> = (0..n).collect();
+    let started = Instant::now();
     let mut attempt = 0u32;
-    loop {
+    while !pending.is_empty() {
         attempt += 1;
-        match sink.apply(batch.clone()).await {
-            Ok(outcomes) if outcomes.len() == batch.items.len() => {
-                return Ok(outcomes.into_iter().map(|o| (o, attempt)).collect());
+        let sub = if pending.len() == n {
+            batch.clone()
+        } else {
+            let mut sub = batch.clone_empty();
+            sub.items = pending.iter().map(|&i| batch.items[i].clone()).collect();
+            Arc::new(sub)
+        };
+        let (retry, class) = match sink.apply(sub, ctx.ledger.clone()).await {
+            Ok(outcomes) if outcomes.len() == pending.len() => {
+                let mut retry = Vec::new();
+                let mut class = FailureClass::Conflict;
+                for (&i, outcome) in pending.iter().zip(outcomes) {
+                    match outcome {
+                        Outcome::Failed { class: c, .. }
+                            if ctx.retry.should_retry(c, attempt, started.elapsed()) =>
+                        {
+                            if c == FailureClass::Transient {
+                                class = c;
+                            }
+                            retry.push(i);
+                        }
+                        done => results[i] = Some((done, attempt)),
+                    }
+                }
+                (retry, class)
             }
             Ok(outcomes) => {
                 return Err(PassError::Inconsistent(format!(
                     "target {} returned {} outcomes for {} records",
                     sink.name(),
                     outcomes.len(),
-                    batch.items.len()
+                    pending.len()
                 )));
             }
-            Err(SinkError::Transient(msg)) if attempt < cfg.retry_attempts => {
-                let delay = backoff(cfg.retry_base, cfg.retry_max, attempt);
-                tracing::warn!(
-                    job = ctx.job,
-                    attempt,
-                    ?delay,
-                    "target temporarily unavailable, retrying: {msg}"
-                );
-                tokio::time::sleep(delay).await;
+            Err(SinkError::Io(msg)) => return Err(SinkError::Io(msg).into()),
+            Err(e)
+                if ctx
+                    .retry
+                    .should_retry(e.class(), attempt, started.elapsed()) =>
+            {
+                tracing::warn!(job = ctx.job, attempt, "target failed ({e}), retrying");
+                (std::mem::take(&mut pending), e.class())
             }
-            Err(SinkError::Transient(msg)) | Err(SinkError::Permanent(msg)) => {
-                let outcome = Outcome::Rejected {
-                    code: "target-refused".into(),
-                    message: format!("target {} refused the batch: {msg}", sink.name()),
+            Err(e) => {
+                let code = match e.class() {
+                    FailureClass::Transient => "target-unavailable",
+                    _ => "target-refused",
                 };
-                return Ok(vec![(outcome, attempt); batch.items.len()]);
+                for &i in &pending {
+                    let outcome = Outcome::Failed {
+                        class: e.class(),
+                        code: code.into(),
+                        message: format!("{e} (target {})", sink.name()),
+                    };
+                    results[i] = Some((outcome, attempt));
+                }
+                (Vec::new(), e.class())
             }
-            Err(e @ SinkError::Io(_)) => return Err(e.into()),
+        };
+        pending = retry;
+        if !pending.is_empty() {
+            if ctx.stopped() {
+                // Stopping: the records waiting for a retry are not applied;
+                // say so, so the interval is journaled as it stands.
+                for &i in &pending {
+                    let outcome = Outcome::Failed {
+                        class,
+                        code: "stopped-before-retry".into(),
+                        message: "the job was stopped or cancelled while this record waited \
+                                  to be retried"
+                            .into(),
+                    };
+                    results[i] = Some((outcome, attempt));
+                }
+                break;
+            }
+            tokio::time::sleep(ctx.retry.delay(class, attempt)).await;
         }
     }
-}
-
-/// Exponential backoff with full jitter: a random delay up to
-/// `base * 2^(attempt-1)`, capped at `max`.
-pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(max);
-    // Jitter from the clock's low bits: enough to spread retries of many
-    // jobs, no RNG dependency needed.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let fraction = f64::from(nanos % 1000) / 1000.0;
-    ceiling.mul_f64(0.5 + fraction / 2.0)
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every record has an outcome"))
+        .collect())
 }
 
 fn commit(
@@ -262,12 +299,16 @@ fn commit(
     for (item, (outcome, attempts)) in p.batch.items.iter().zip(outcomes) {
         match outcome {
             Outcome::Applied => counts.applied += 1,
-            Outcome::Rejected { code, message } => {
+            Outcome::Failed {
+                class,
+                code,
+                message,
+            } => {
                 counts.failed += 1;
                 let mut e =
                     ctx.error_entry(Stage::Apply, code, message, None, item.record.location())?;
                 e.attempts = *attempts;
-                e.class = Some("permanent".into());
+                e.class = Some(class.as_str().to_owned());
                 errors.push((item.ordinal, e));
             }
         }
@@ -303,20 +344,4 @@ fn mark_done(ctx: &PartCtx) -> Result<(), PassError> {
         tx.put_part(ctx.job, &part)
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for attempt in 1..10 {
-            let d = backoff(base, max, attempt);
-            let ceiling = (base * (1 << (attempt - 1))).min(max);
-            assert!(d <= ceiling && d >= ceiling / 2, "attempt {attempt}: {d:?}");
-        }
-    }
 }

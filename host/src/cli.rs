@@ -54,6 +54,21 @@ pub enum Command {
     Import(ImportArgs),
     /// Resume every unfinished job and remove spool debris.
     Recover,
+    /// Stop a running or resumable job at a safe point; it ends cancelled.
+    Cancel {
+        id: JobId,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reverse everything a job did on its target: created records removed,
+    /// updated ones restored; records changed since the import are kept.
+    Undo {
+        id: JobId,
+        /// Print JSON lines (one per record undone, then a summary).
+        #[arg(long)]
+        json: bool,
+    },
     /// List jobs.
     Jobs {
         /// Print JSON lines.
@@ -120,6 +135,14 @@ pub struct ImportArgs {
     /// Start a new job even if this exact import was done before.
     #[arg(long)]
     pub new: bool,
+    /// Where records go: `embedded` (default), a postgres:// URL, or an HTTP
+    /// mapping file (.toml).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Retry policy override, repeatable: CLASS=ATTEMPTS[/MAX_DELAY] with
+    /// CLASS transient or conflict (defaults: transient=6/10s, conflict=3/1s).
+    #[arg(long, value_name = "CLASS=ATTEMPTS[/MAX_DELAY]")]
+    pub retry: Vec<String>,
     /// Print JSON lines (progress, error, summary) instead of bars.
     #[arg(long)]
     pub json: bool,
@@ -256,6 +279,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, Failure> {
     match cli.command {
         Command::Import(args) => runtime.block_on(import(&engine, args, out)),
         Command::Recover => runtime.block_on(recover(&engine, out)),
+        Command::Cancel { id, json } => runtime.block_on(cancel(&engine, id, json, out)),
+        Command::Undo { id, json } => runtime.block_on(undo(&engine, id, json, out)),
         Command::Jobs { json } => list_jobs(&engine, json, out),
         Command::Job { id, json } => show_job(&engine, id, json, out),
         Command::Errors { id, format } => write_errors(&engine, id, format, out),
@@ -319,6 +344,101 @@ async fn recover(engine: &Engine, out: &mut dyn Write) -> Result<u8, Failure> {
     })
 }
 
+async fn cancel(
+    engine: &Engine,
+    id: JobId,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, Failure> {
+    let job = engine.cancel(id).await?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({"type": "summary", "job": id, "state": job.state, "cancel_requested": job.cancel_requested})
+        )?;
+    } else if job.state == JobState::Cancelled {
+        writeln!(out, "job {id}: cancelled")?;
+    } else if job.state.is_terminal() {
+        writeln!(out, "job {id} is already {}", job.state)?;
+    } else {
+        writeln!(
+            out,
+            "job {id}: cancel requested; the process running it stops at its next safe point"
+        )?;
+    }
+    Ok(if job.state.is_terminal() || job.cancel_requested {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+async fn undo(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
+    let job = engine.undo(id).await?;
+    let entries = engine.journal().undo_entries(id)?;
+    let kept: Vec<_> = entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.action,
+                crate::sink::UndoAction::KeptChanged | crate::sink::UndoAction::Failed
+            )
+        })
+        .collect();
+    if json {
+        for e in &entries {
+            writeln!(
+                out,
+                "{}",
+                json!({"type": "undo", "job": id, "part": e.part, "ordinal": e.ordinal,
+                "kind": e.kind, "key": e.key, "action": e.action, "message": e.message})
+            )?;
+        }
+        writeln!(
+            out,
+            "{}",
+            json!({"type": "summary", "job": id, "state": job.state,
+            "undo": job.undo_counts, "kept": kept.len()})
+        )?;
+    } else {
+        let counts: Vec<String> = job
+            .undo_counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        writeln!(
+            out,
+            "job {id}: {}; {}",
+            job.state,
+            if counts.is_empty() {
+                "nothing to undo".into()
+            } else {
+                counts.join(", ")
+            }
+        )?;
+        for e in &kept {
+            writeln!(
+                out,
+                "  {} {} (record {}): {}{}",
+                e.kind,
+                e.key,
+                e.ordinal,
+                e.action.as_str(),
+                e.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(match job.state {
+        JobState::Undone if kept.is_empty() => EXIT_OK,
+        JobState::Undone => EXIT_PARTIAL,
+        _ => EXIT_FAILED,
+    })
+}
+
 async fn import(engine: &Engine, args: ImportArgs, out: &mut dyn Write) -> Result<u8, Failure> {
     // Unfinished jobs first: a crash must not leave work behind.
     let report = engine.recover().await?;
@@ -333,6 +453,8 @@ async fn import(engine: &Engine, args: ImportArgs, out: &mut dyn Write) -> Resul
         options: args.options.clone(),
         dry_run: args.dry_run,
         force_new: args.new,
+        target: args.target.clone(),
+        retry: args.retry.clone(),
     };
     let submitted = if args.path == "-" {
         engine.submit(req, tokio::io::stdin()).await?
@@ -380,9 +502,20 @@ async fn run_with_progress(
         bar
     });
     let mut tick = tokio::time::interval(Duration::from_millis(if json { 1000 } else { 200 }));
+    let mut stopping = false;
     let result = loop {
         tokio::select! {
             r = &mut task => break r,
+            _ = tokio::signal::ctrl_c(), if !stopping => {
+                // Stop at the next safe point; the job stays resumable.
+                stopping = true;
+                engine.stop(id);
+                let _ = writeln!(io::stderr(), "stopping job {id} at a safe point (Ctrl-C again to quit now; the job resumes with `sluice recover`)");
+                tokio::spawn(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    std::process::exit(i32::from(EXIT_FAILED));
+                });
+            }
             _ = tick.tick() => {
                 let Ok(job) = engine.journal().job(id) else { continue };
                 let p = Progress::of(&job);
@@ -552,6 +685,7 @@ fn job_json(engine: &Engine, j: &JobRecord) -> Result<Json, Failure> {
         "plugins": parts.iter().map(|p| json!({"part": p.index, "name": p.name,
             "plugin": p.plugin.name, "version": p.plugin.version, "digest": p.plugin.digest})).collect::<Vec<_>>(),
         "progress": Progress::of(j), "error": j.error, "cancel_requested": j.cancel_requested,
+        "target": j.target, "retry": j.retry, "undo": j.undo_counts, "leftovers": j.leftovers,
     }))
 }
 
@@ -586,6 +720,7 @@ fn show_job(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Resu
     if let Some(k) = &j.key_field {
         writeln!(out, "  key        {k}")?;
     }
+    writeln!(out, "  target     {}", j.target)?;
     writeln!(
         out,
         "  records    {} total, {} rejected, {} applied, {} failed",
@@ -622,6 +757,17 @@ fn show_job(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Resu
         for (code, n) in &j.errors_by_code {
             writeln!(out, "    {n:>9}  {code}")?;
         }
+    }
+    if !j.undo_counts.is_empty() {
+        let counts: Vec<String> = j
+            .undo_counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        writeln!(out, "  undo       {}", counts.join(", "))?;
+    }
+    for l in &j.leftovers {
+        writeln!(out, "  leftover   {l}")?;
     }
     if let Some(e) = &j.error {
         writeln!(out, "  error      {e}")?;

@@ -12,7 +12,6 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{RwLock, watch};
@@ -46,13 +45,9 @@ pub struct EngineConfig {
     /// Bytes of a bad record's original text kept in the error report.
     /// Default 64 KiB.
     pub max_error_record_bytes: usize,
-    /// Attempts for a batch the target reports as temporarily unavailable.
-    /// Default 5.
-    pub retry_attempts: u32,
-    /// First retry delay; doubles each attempt (with jitter). Default 200 ms.
-    pub retry_base: Duration,
-    /// Longest retry delay. Default 10 s.
-    pub retry_max: Duration,
+    /// How failed target writes are retried, before a job's own
+    /// `--retry` overrides.
+    pub retry: crate::retry::RetryPolicy,
     /// The plugin sandbox.
     pub sandbox: SandboxConfig,
     /// Defences for ZIP uploads.
@@ -66,9 +61,7 @@ impl Default for EngineConfig {
             interval_items: 10_000,
             interval_bytes: 32 << 20,
             max_error_record_bytes: 64 << 10,
-            retry_attempts: 5,
-            retry_base: Duration::from_millis(200),
-            retry_max: Duration::from_secs(10),
+            retry: crate::retry::RetryPolicy::default(),
             sandbox: SandboxConfig::default(),
             archive: crate::archive::ArchiveLimits::default(),
         }
@@ -101,6 +94,12 @@ pub enum EngineError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Retry(#[from] crate::retry::BadRetry),
+    #[error("target {target:?}: {detail}")]
+    Target { target: String, detail: String },
+    #[error("job {job} cannot be undone: {why}")]
+    NotUndoable { job: JobId, why: String },
 }
 
 impl From<RegistryError> for EngineError {
@@ -125,6 +124,11 @@ pub struct ImportRequest {
     pub dry_run: bool,
     /// Start a new job even if an identical import exists.
     pub force_new: bool,
+    /// Where records go: `embedded` (default), a PostgreSQL URL, or an
+    /// HTTP mapping file.
+    pub target: Option<String>,
+    /// Retry overrides, `CLASS=ATTEMPTS[/MAX_DELAY]`.
+    pub retry: Vec<String>,
 }
 
 /// What [`Engine::submit`] did.
@@ -174,7 +178,11 @@ struct Inner {
     registry: Registry,
     journal: Arc<Journal>,
     store: Arc<EmbeddedStore>,
+    /// The target for `embedded` (the store, or a sink given to
+    /// [`Engine::with_storage`]).
     sink: Arc<dyn Sink>,
+    /// Other targets, opened on first use.
+    targets: Mutex<HashMap<String, Arc<dyn Sink>>>,
     spool: Arc<Spool>,
     running: Mutex<HashMap<JobId, Running>>,
     /// Submits hold it shared, recovery exclusively: recovery's sweep must
@@ -234,6 +242,7 @@ impl Engine {
                 journal: Arc::new(storage.journal),
                 store,
                 sink,
+                targets: Mutex::new(HashMap::new()),
                 spool: Arc::new(Spool::new(data_dir, storage.spool_fs)),
                 running: Mutex::new(HashMap::new()),
                 gate: RwLock::new(()),
@@ -243,6 +252,10 @@ impl Engine {
 
     pub fn journal(&self) -> &Journal {
         &self.inner.journal
+    }
+
+    pub(crate) fn journal_arc(&self) -> Arc<Journal> {
+        self.inner.journal.clone()
     }
 
     pub fn store(&self) -> &EmbeddedStore {
@@ -289,6 +302,13 @@ impl Engine {
             e
         };
         crate::registry::check_tenant(&req.tenant).map_err(|e| discard(e.into()))?;
+        crate::retry::RetryPolicy::with_overrides(&req.retry).map_err(|e| discard(e.into()))?;
+        let target = crate::target::normalize(req.target.as_deref()).map_err(|detail| {
+            discard(EngineError::Target {
+                target: req.target.clone().unwrap_or_default(),
+                detail,
+            })
+        })?;
         let archive = is_zip(&inner.spool, &spooled.file);
         let plugin = if archive {
             None
@@ -298,7 +318,12 @@ impl Engine {
                     .map_err(discard)?,
             )
         };
-        let fingerprint = fingerprint(&req, &spooled, plugin.as_ref().map(|p| p.digest().hex()));
+        let fingerprint = fingerprint(
+            &req,
+            &spooled,
+            plugin.as_ref().map(|p| p.digest().hex()),
+            &target,
+        );
         if !req.force_new
             && let Some(existing) = inner.journal.find_fingerprint(&fingerprint)?
         {
@@ -345,6 +370,11 @@ impl Engine {
                 .map(|p| format!("{} {}", p.info().name, p.info().version))
                 .collect(),
             cancel_requested: false,
+            target,
+            retry: req.retry.clone(),
+            undo_counts: Default::default(),
+            undone_from: None,
+            leftovers: Vec::new(),
         };
         let id = inner.journal.create_job(record, &parts)?;
         faults::point("journal.after-create");
@@ -422,12 +452,27 @@ impl Engine {
             r.cancel.store(true, Ordering::Relaxed);
             return Ok(job);
         }
+        // Another process may be running it: it sees the request at its next
+        // commit.
         // Not running here: run it, which ends it as cancelled right away
         // (or tells us another process has it).
         match self.run(id).await {
             Ok(job) => Ok(job),
             Err(EngineError::Busy(_)) => Ok(self.inner.journal.job(id)?),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Stop a job running in this process at its next safe point, leaving it
+    /// resumable (what Ctrl-C does): unlike [`Engine::cancel`], nothing is
+    /// journaled and `sluice recover` picks it up again.
+    pub fn stop(&self, id: JobId) -> bool {
+        match lock(&self.inner.running).get(&id) {
+            Some(r) => {
+                r.cancel.store(true, Ordering::Relaxed);
+                true
+            }
+            None => false,
         }
     }
 
@@ -489,7 +534,9 @@ impl Engine {
                 self.cleanup(&job).await;
                 return Ok(job);
             }
-            if job.cancel_requested {
+            // An undo is never cancelled half-way: it can only be stopped
+            // and resumed.
+            if job.cancel_requested && job.state != JobState::Undoing {
                 self.finish(id, JobState::Cancelled, Some("cancelled by a user".into()))
                     .await?;
                 continue;
@@ -499,14 +546,13 @@ impl Engine {
                 JobState::Scanning => self.scan(&job, &cancel).await,
                 JobState::Scanned => self.start_apply(&job).await,
                 JobState::Applying => self.apply(&job, &cancel).await,
+                JobState::Undoing => self.undo_pages(&job, &cancel).await,
                 _ => unreachable!("terminal states return above"),
             };
             match step {
                 Ok(()) => {}
                 Err(PassError::Stopped | PassError::Parse(ParseError::Cancelled)) => {
-                    if self.inner.journal.job(id)?.cancel_requested
-                        || cancel.load(Ordering::Relaxed)
-                    {
+                    if self.inner.journal.job(id)?.cancel_requested {
                         self.finish(id, JobState::Cancelled, Some("cancelled by a user".into()))
                             .await?;
                         continue;
@@ -661,7 +707,38 @@ impl Engine {
             journal: self.inner.journal.clone(),
             config: self.inner.config.clone(),
             cancel: cancel.clone(),
+            retry: self.retry_policy(job)?,
+            ledger: Arc::new(crate::journal::JournalLedger(self.inner.journal.clone())),
         })
+    }
+
+    /// The target a job writes to.
+    pub(crate) fn sink_for(&self, target: &str) -> Result<Arc<dyn Sink>, PassError> {
+        if target == crate::target::EMBEDDED {
+            return Ok(self.inner.sink.clone());
+        }
+        if let Some(s) = lock(&self.inner.targets).get(target) {
+            return Ok(s.clone());
+        }
+        let sink = crate::target::open(target).map_err(PassError::Rejected)?;
+        lock(&self.inner.targets).insert(target.to_owned(), sink.clone());
+        Ok(sink)
+    }
+
+    /// The journal's ledger, for multi-step targets.
+    pub(crate) fn ledger(&self) -> Arc<dyn crate::sink::Ledger> {
+        Arc::new(crate::journal::JournalLedger(self.inner.journal.clone()))
+    }
+
+    /// A job's retry policy: the engine's default with the job's overrides.
+    fn retry_policy(&self, job: &JobRecord) -> Result<crate::retry::RetryPolicy, PassError> {
+        let mut policy = self.inner.config.retry;
+        for o in &job.retry {
+            policy
+                .apply_override(o)
+                .map_err(|e| PassError::Rejected(e.to_string()))?;
+        }
+        Ok(policy)
     }
 
     /// The exact plugin bytes a part was validated with.
@@ -679,6 +756,13 @@ impl Engine {
     }
 
     async fn scan(&self, job: &JobRecord, cancel: &Arc<AtomicBool>) -> Result<(), PassError> {
+        let mut keys = {
+            let journal = self.inner.journal.clone();
+            let id = job.id;
+            tokio::task::spawn_blocking(move || crate::scan::KeySet::load(&journal, id))
+                .await
+                .map_err(|e| PassError::Inconsistent(format!("key set task failed: {e}")))??
+        };
         for part in self.inner.journal.parts(job.id)? {
             if part.scan.done {
                 continue;
@@ -686,10 +770,10 @@ impl Engine {
             let ctx = self.part_ctx(job, part, cancel)?;
             let this = self.clone();
             let id = job.id;
-            tokio::task::spawn_blocking(move || {
-                let r = crate::scan::scan_part(&ctx);
+            keys = tokio::task::spawn_blocking(move || {
+                let r = crate::scan::scan_part(&ctx, &mut keys);
                 this.publish(id);
-                r
+                r.map(|()| keys)
             })
             .await
             .map_err(|e| PassError::Inconsistent(format!("scan task failed: {e}")))??;
@@ -723,6 +807,16 @@ impl Engine {
     }
 
     async fn apply(&self, job: &JobRecord, cancel: &Arc<AtomicBool>) -> Result<(), PassError> {
+        let sink = self.sink_for(&job.target)?;
+        // Records a crash left part-way on a multi-step target are finished
+        // or compensated before anything else is applied.
+        let ledger = self.ledger();
+        let reconciled = sink.reconcile(job.id, ledger).await?;
+        if !reconciled.leftovers.is_empty() {
+            let leftovers = reconciled.leftovers.clone();
+            self.write_job(job.id, move |j| j.leftovers.extend(leftovers))
+                .await?;
+        }
         for part in self.inner.journal.parts(job.id)? {
             if part.apply.done {
                 continue;
@@ -731,7 +825,7 @@ impl Engine {
             let this = self.clone();
             let id = job.id;
             let on_commit: Arc<dyn Fn() + Send + Sync> = Arc::new(move || this.publish(id));
-            crate::apply::apply_part(ctx, self.inner.sink.clone(), on_commit).await?;
+            crate::apply::apply_part(ctx, sink.clone(), on_commit).await?;
         }
         faults::point("job.before-complete");
         self.finish(job.id, JobState::Completed, None)
@@ -739,19 +833,29 @@ impl Engine {
             .map_err(|e| PassError::Inconsistent(e.to_string()))
     }
 
-    /// End a job: terminal state, working state dropped, spool removed.
+    /// End a job: terminal state, working state dropped, spool removed. A job
+    /// failing or cancelled while applying first has its unjournaled effects
+    /// compensated, so nothing orphaned remains on the target.
     async fn finish(
         &self,
         id: JobId,
         state: JobState,
         error: Option<String>,
     ) -> Result<(), EngineError> {
+        let before = self.inner.journal.job(id)?;
+        let mut leftovers = Vec::new();
+        if before.state == JobState::Applying
+            && matches!(state, JobState::Failed | JobState::Cancelled)
+        {
+            leftovers = crate::compensate::compensate_unjournaled(self, &before).await?;
+        }
         let journal = self.inner.journal.clone();
         let job = blocking(move || {
             journal.write(|tx| {
                 let mut job = tx.job(id)?;
                 job.state = state;
                 job.error = error;
+                job.leftovers.extend(leftovers);
                 job.times.finished = Some(now_ms());
                 tx.put_job(&job)?;
                 tx.drop_scratch(id)?;
@@ -862,7 +966,12 @@ fn is_zip(spool: &Spool, file: &str) -> bool {
 
 /// Identity of an import: same tenant, bytes, plugin, key and options mean
 /// the same job.
-fn fingerprint(req: &ImportRequest, spooled: &Spooled, plugin: Option<String>) -> String {
+fn fingerprint(
+    req: &ImportRequest,
+    spooled: &Spooled,
+    plugin: Option<String>,
+    target: &str,
+) -> String {
     let mut h = Sha256::new();
     let mut put = |s: &str| {
         h.update((s.len() as u64).to_le_bytes());
@@ -878,6 +987,7 @@ fn fingerprint(req: &ImportRequest, spooled: &Spooled, plugin: Option<String>) -
         put(v);
     }
     put(if req.dry_run { "dry-run" } else { "import" });
+    put(target);
     hex::encode(h.finalize())
 }
 

@@ -10,7 +10,9 @@
 //! | `parts` | (job, part) | JSON [`PartRecord`]: spooled file, pinned plugin, pass progress |
 //! | `intervals` | (job, part, seq) | JSON [`Interval`]: ordinals, digest and resume checkpoint of one group of items |
 //! | `errors` | (job, part, ordinal) | JSON [`ErrorEntry`]: one rejected or failed record |
-//! | `keys` | (job, key hash) | (ordinal, line) of the record that claimed the key |
+//! | `key_runs` | (job, part, interval) | the interval's record keys: sorted (hash, ordinal, line) entries |
+//! | `effects` | (job, part, ordinal, step) | JSON [`StepRecord`]: the ledger of multi-step targets |
+//! | `undo` | (job, seq) | JSON [`UndoEntry`]: what undo did to each record |
 //!
 //! # Commit protocol
 //!
@@ -18,7 +20,9 @@
 //! recommendation when an attacker controls part of the content, as uploads
 //! do here) and immediate durability. A job is created only after its spool
 //! is durable. Pass 1 commits once per interval: the interval (with its
-//! digest and checkpoint), its errors, its keys and the counters, together.
+//! digest and checkpoint), its errors, its key run and the counters,
+//! together. Duplicate keys are found in memory against the runs committed
+//! so far (see `scan::KeySet`), which are reread after a crash.
 //! Pass 2 commits once per interval after the target confirmed the writes:
 //! the applied watermark, apply-stage errors and counters. So a crash redoes
 //! at most one interval, and the target's idempotent apply makes the redo
@@ -40,6 +44,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sandbox::Checkpoint;
+use crate::sink::{Ledger, SinkError, StepRecord, UndoEntry};
 use crate::spool::Spooled;
 
 /// A job's identifier.
@@ -51,7 +56,9 @@ const FINGERPRINTS: TableDefinition<&str, u64> = TableDefinition::new("fingerpri
 const PARTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("parts");
 const INTERVALS: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("intervals");
 const ERRORS: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("errors");
-const KEYS: TableDefinition<(u64, [u8; 16]), (u64, u64)> = TableDefinition::new("keys");
+const KEY_RUNS: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("key_runs");
+const EFFECTS: TableDefinition<(u64, u32, u64, u32), &[u8]> = TableDefinition::new("effects");
+const UNDO: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("undo");
 
 const SCHEMA: u64 = 1;
 
@@ -75,6 +82,10 @@ pub enum JobState {
     Failed,
     /// Cancelled by a user.
     Cancelled,
+    /// `sluice undo` is reversing what the job did.
+    Undoing,
+    /// Everything the job did was reversed (or kept, where changed since).
+    Undone,
 }
 
 impl JobState {
@@ -82,7 +93,11 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Completed | JobState::Validated | JobState::Failed | JobState::Cancelled
+            JobState::Completed
+                | JobState::Validated
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::Undone
         )
     }
 
@@ -97,6 +112,8 @@ impl JobState {
             JobState::Validated => "validated",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Undoing => "undoing",
+            JobState::Undone => "undone",
         }
     }
 }
@@ -196,6 +213,26 @@ pub struct JobRecord {
     /// A user asked to cancel; the process running the job stops at its
     /// next safe point.
     pub cancel_requested: bool,
+    /// Where records go: `embedded`, a PostgreSQL URL (without password),
+    /// or an HTTP mapping file.
+    #[serde(default = "embedded")]
+    pub target: String,
+    /// Retry overrides given at import (`CLASS=ATTEMPTS[/MAX_DELAY]`).
+    #[serde(default)]
+    pub retry: Vec<String>,
+    /// What `sluice undo` did, by action.
+    #[serde(default)]
+    pub undo_counts: BTreeMap<String, u64>,
+    /// The state the job was in when undo started.
+    #[serde(default)]
+    pub undone_from: Option<JobState>,
+    /// Resources a failure, cancel or crash could not clean up, and why.
+    #[serde(default)]
+    pub leftovers: Vec<String>,
+}
+
+fn embedded() -> String {
+    "embedded".into()
 }
 
 /// How far a pass got through a part.
@@ -420,7 +457,9 @@ impl Journal {
             tx.txn.open_table(PARTS).map_err(storage)?;
             tx.txn.open_table(INTERVALS).map_err(storage)?;
             tx.txn.open_table(ERRORS).map_err(storage)?;
-            tx.txn.open_table(KEYS).map_err(storage)?;
+            tx.txn.open_table(KEY_RUNS).map_err(storage)?;
+            tx.txn.open_table(EFFECTS).map_err(storage)?;
+            tx.txn.open_table(UNDO).map_err(storage)?;
             Ok(())
         })?;
         Ok(journal)
@@ -583,6 +622,209 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// The steps of one record, in order.
+    pub fn steps(
+        &self,
+        job: JobId,
+        part: u32,
+        ordinal: u64,
+    ) -> Result<Vec<StepRecord>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(EFFECTS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t
+            .range((job, part, ordinal, 0)..=(job, part, ordinal, u32::MAX))
+            .map_err(storage)?
+        {
+            let (_, v) = entry.map_err(storage)?;
+            out.push(decode(
+                || format!("job {job} effect {part}/{ordinal}"),
+                v.value(),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Records of `job` with ledger steps, newest first, below `before`.
+    pub fn effect_records(
+        &self,
+        job: JobId,
+        before: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(u32, u64, Vec<StepRecord>)>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(EFFECTS).map_err(storage)?;
+        let upper = match before {
+            Some((part, ordinal)) => (job, part, ordinal, 0),
+            None => (job, u32::MAX, u64::MAX, u32::MAX),
+        };
+        let mut out: Vec<(u32, u64, Vec<StepRecord>)> = Vec::new();
+        for entry in t.range((job, 0, 0, 0)..upper).map_err(storage)?.rev() {
+            let (k, v) = entry.map_err(storage)?;
+            let (_, part, ordinal, _) = k.value();
+            let step: StepRecord =
+                decode(|| format!("job {job} effect {part}/{ordinal}"), v.value())?;
+            match out.last_mut() {
+                Some((p, o, steps)) if *p == part && *o == ordinal => steps.insert(0, step),
+                _ => {
+                    if out.len() == limit {
+                        break;
+                    }
+                    out.push((part, ordinal, vec![step]));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What undo did, in order.
+    pub fn undo_entries(&self, job: JobId) -> Result<Vec<UndoEntry>, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(UNDO).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in t.range((job, 0)..=(job, u64::MAX)).map_err(storage)? {
+            let (_, v) = entry.map_err(storage)?;
+            out.push(decode(|| format!("job {job} undo entry"), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+/// The keys of one interval: `(hash, ordinal, line)` entries of 32 bytes,
+/// sorted by hash, so one can be found by binary search.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyRun(pub Vec<u8>);
+
+const KEY_ENTRY: usize = 32;
+
+impl KeyRun {
+    /// A run of these entries (any order).
+    pub fn new(mut entries: Vec<([u8; 16], u64, u64)>) -> Self {
+        entries.sort_unstable_by_key(|e| e.0);
+        let mut bytes = Vec::with_capacity(entries.len() * KEY_ENTRY);
+        for (hash, ordinal, line) in entries {
+            bytes.extend_from_slice(&hash);
+            bytes.extend_from_slice(&ordinal.to_le_bytes());
+            bytes.extend_from_slice(&line.to_le_bytes());
+        }
+        KeyRun(bytes)
+    }
+
+    fn entry(&self, i: usize) -> ([u8; 16], u64, u64) {
+        let e = &self.0[i * KEY_ENTRY..(i + 1) * KEY_ENTRY];
+        let u = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        (
+            e[..16].try_into().expect("16 bytes"),
+            u(&e[16..24]),
+            u(&e[24..32]),
+        )
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len() / KEY_ENTRY
+    }
+
+    /// Whether the run has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, sorted by hash.
+    pub fn entries(&self) -> impl Iterator<Item = ([u8; 16], u64, u64)> + '_ {
+        (0..self.len()).map(|i| self.entry(i))
+    }
+
+    /// `(ordinal, line)` of the entry with `hash`, if any.
+    pub fn find(&self, hash: &[u8; 16]) -> Option<(u64, u64)> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let e = self.entry(mid);
+            match e.0.cmp(hash) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some((e.1, e.2)),
+            }
+        }
+        None
+    }
+}
+
+impl Journal {
+    /// Every key run of a job, in (part, interval) order, to `f`.
+    pub fn for_each_key_run(
+        &self,
+        job: JobId,
+        mut f: impl FnMut(u32, u64, KeyRun),
+    ) -> Result<(), JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(KEY_RUNS).map_err(storage)?;
+        for entry in t
+            .range((job, 0, 0)..=(job, u32::MAX, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, v) = entry.map_err(storage)?;
+            let (_, part, seq) = k.value();
+            f(part, seq, KeyRun(v.value().to_vec()));
+        }
+        Ok(())
+    }
+
+    /// One key run.
+    pub fn key_run(&self, job: JobId, part: u32, seq: u64) -> Result<KeyRun, JournalError> {
+        let r = self.read_txn()?;
+        let t = r.open_table(KEY_RUNS).map_err(storage)?;
+        Ok(KeyRun(
+            t.get((job, part, seq))
+                .map_err(storage)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+/// The ledger of multi-step targets, kept in the journal: every step is a
+/// durable commit.
+pub struct JournalLedger(pub std::sync::Arc<Journal>);
+
+impl Ledger for JournalLedger {
+    fn record(
+        &self,
+        job: u64,
+        part: u32,
+        ordinal: u64,
+        step: &StepRecord,
+    ) -> Result<(), SinkError> {
+        self.0
+            .write(|tx| {
+                let mut t = tx.txn.open_table(EFFECTS).map_err(storage)?;
+                t.insert((job, part, ordinal, step.step), encode(step).as_slice())
+                    .map_err(storage)?;
+                Ok(())
+            })
+            .map_err(|e| SinkError::Io(e.to_string()))
+    }
+
+    fn steps(&self, job: u64, part: u32, ordinal: u64) -> Result<Vec<StepRecord>, SinkError> {
+        self.0
+            .steps(job, part, ordinal)
+            .map_err(|e| SinkError::Io(e.to_string()))
+    }
+
+    fn records(
+        &self,
+        job: u64,
+        before: Option<(u32, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(u32, u64, Vec<StepRecord>)>, SinkError> {
+        self.0
+            .effect_records(job, before, limit)
+            .map_err(|e| SinkError::Io(e.to_string()))
+    }
+}
+
 /// One write transaction of the journal.
 pub struct Tx<'a> {
     txn: &'a WriteTransaction,
@@ -665,35 +907,41 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Claim record keys for a job, in order. For each key, `None` if it was
-    /// free (now claimed), or the `(ordinal, line)` of the record that
-    /// claimed it first (which keeps it).
-    pub fn claim_keys(
+    /// Store an interval's key run: entries sorted by hash.
+    pub fn put_key_run(
         &mut self,
         id: JobId,
-        keys: &[([u8; 16], u64, u64)],
-    ) -> Result<Vec<Option<(u64, u64)>>, JournalError> {
-        let mut t = self.txn.open_table(KEYS).map_err(storage)?;
-        let mut out = Vec::with_capacity(keys.len());
-        for (hash, ordinal, line) in keys {
-            let previous = t
-                .insert((id, *hash), (*ordinal, *line))
-                .map_err(storage)?
-                .map(|v| v.value());
-            if let Some(first) = previous {
-                // First claim wins: put it back.
-                t.insert((id, *hash), first).map_err(storage)?;
-            }
-            out.push(previous);
-        }
-        Ok(out)
+        part: u32,
+        seq: u64,
+        run: &KeyRun,
+    ) -> Result<(), JournalError> {
+        let mut t = self.txn.open_table(KEY_RUNS).map_err(storage)?;
+        t.insert((id, part, seq), run.0.as_slice())
+            .map_err(storage)?;
+        Ok(())
     }
 
-    /// Drop a finished job's working state (keys and intervals); its record,
+    /// Append undo entries for a job, numbered after those it has.
+    pub fn put_undo(&mut self, id: JobId, entries: &[UndoEntry]) -> Result<(), JournalError> {
+        let mut t = self.txn.open_table(UNDO).map_err(storage)?;
+        let next = t
+            .range((id, 0)..=(id, u64::MAX))
+            .map_err(storage)?
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .map_or(0, |(k, _)| k.value().1 + 1);
+        for (seq, e) in (next..).zip(entries) {
+            t.insert((id, seq), encode(e).as_slice()).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Drop a finished job's working state (key runs and intervals); its record,
     /// parts and errors stay for reports.
     pub fn drop_scratch(&mut self, id: JobId) -> Result<(), JournalError> {
-        let mut keys = self.txn.open_table(KEYS).map_err(storage)?;
-        keys.retain_in((id, [0u8; 16])..=(id, [0xffu8; 16]), |_, _| false)
+        let mut runs = self.txn.open_table(KEY_RUNS).map_err(storage)?;
+        runs.retain_in((id, 0, 0)..=(id, u32::MAX, u64::MAX), |_, _| false)
             .map_err(storage)?;
         let mut intervals = self.txn.open_table(INTERVALS).map_err(storage)?;
         intervals
@@ -732,6 +980,11 @@ mod tests {
             fingerprint: fingerprint.into(),
             plugins: vec![],
             cancel_requested: false,
+            target: "embedded".into(),
+            retry: vec![],
+            undo_counts: BTreeMap::new(),
+            undone_from: None,
+            leftovers: vec![],
         }
     }
 
@@ -753,19 +1006,18 @@ mod tests {
     }
 
     #[test]
-    fn first_key_claim_wins() {
+    fn key_runs_are_found_by_binary_search() {
+        let run = KeyRun::new(vec![([9; 16], 1, 2), ([3; 16], 5, 6), ([7; 16], 8, 9)]);
+        assert_eq!(run.len(), 3);
+        assert_eq!(run.find(&[7; 16]), Some((8, 9)));
+        assert_eq!(run.find(&[3; 16]), Some((5, 6)));
+        assert_eq!(run.find(&[4; 16]), None);
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("j.redb")).unwrap();
         let id = j.create_job(job("f"), &[]).unwrap();
-        let k = [7u8; 16];
-        let got = j
-            .write(|tx| tx.claim_keys(id, &[(k, 1, 2), ([1; 16], 2, 3), (k, 3, 4)]))
-            .unwrap();
-        assert_eq!(got, vec![None, None, Some((1, 2))]);
-        let again = j.write(|tx| tx.claim_keys(id, &[(k, 9, 9)])).unwrap();
-        assert_eq!(again, vec![Some((1, 2))]);
+        j.write(|tx| tx.put_key_run(id, 0, 0, &run)).unwrap();
+        assert_eq!(j.key_run(id, 0, 0).unwrap(), run);
         j.write(|tx| tx.drop_scratch(id)).unwrap();
-        let after = j.write(|tx| tx.claim_keys(id, &[(k, 9, 9)])).unwrap();
-        assert_eq!(after, vec![None]);
+        assert!(j.key_run(id, 0, 0).unwrap().is_empty());
     }
 }

@@ -7,13 +7,16 @@
 pub mod apply;
 pub mod archive;
 pub mod cli;
+pub mod compensate;
 pub mod engine;
 pub mod faults;
 pub mod journal;
 pub mod progress;
 pub mod record;
 pub mod registry;
+pub mod retry;
 pub mod sandbox;
 pub mod scan;
 pub mod sink;
 pub mod spool;
+pub mod target;

@@ -31,6 +31,10 @@ pub(crate) struct PartCtx {
     pub journal: Arc<Journal>,
     pub config: Arc<EngineConfig>,
     pub cancel: Arc<AtomicBool>,
+    /// How failed target writes are retried.
+    pub retry: crate::retry::RetryPolicy,
+    /// Where multi-step targets journal their steps.
+    pub ledger: Arc<dyn crate::sink::Ledger>,
 }
 
 /// Why a pass stopped before the end of its part.
@@ -61,9 +65,9 @@ pub(crate) enum Identity {
     Valid {
         kind: String,
         key: String,
-        /// Hash for duplicate detection; `None` for keys derived from the
-        /// record's position, which cannot collide.
-        hash: Option<[u8; 16]>,
+        /// Whether the key was derived from the record's position, so it
+        /// cannot collide with another record's.
+        derived: bool,
     },
     Invalid {
         code: &'static str,
@@ -111,24 +115,17 @@ impl PartCtx {
                             self.part.index,
                             l.ordinal
                         ),
-                        hash: None,
+                        derived: true,
                     };
                 }
             },
         };
         match key {
-            Ok(key) => {
-                let mut h = Sha256::new();
-                h.update(kind.as_bytes());
-                h.update([0]);
-                h.update(key.as_bytes());
-                let hash: [u8; 16] = h.finalize()[..16].try_into().expect("16 bytes");
-                Identity::Valid {
-                    kind,
-                    key,
-                    hash: Some(hash),
-                }
-            }
+            Ok(key) => Identity::Valid {
+                kind,
+                key,
+                derived: false,
+            },
             Err(invalid) => invalid,
         }
     }
@@ -206,6 +203,118 @@ impl PartCtx {
 
 use std::io::Read as _;
 
+/// Hash of a record identity, for duplicate detection.
+fn key_hash(kind: &str, key: &str) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.finalize()[..16].try_into().expect("16 bytes")
+}
+
+/// The keys a job's records claimed so far, for finding duplicates in pass
+/// 1 without a disk lookup per record.
+///
+/// Committed keys live in the journal as one sorted run per interval; in
+/// memory, each key's first 8 hash bytes point to its run (about 16 bytes a
+/// key). A fingerprint hit is confirmed against the run itself, so the check
+/// is exact. After a crash the set is rebuilt from the committed runs.
+pub(crate) struct KeySet {
+    first: std::collections::HashMap<u64, u32>,
+    /// `(part, interval)` of each run, by index.
+    runs: Vec<(u32, u64)>,
+    /// Keys whose fingerprint another key has (vanishingly rare).
+    overflow: std::collections::HashMap<[u8; 16], (u64, u64)>,
+    /// Keys of the interval being built.
+    pending: std::collections::HashMap<[u8; 16], (u64, u64)>,
+    /// The last run read to confirm a hit.
+    cached: Option<(u32, crate::journal::KeyRun)>,
+}
+
+fn fingerprint(hash: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+impl KeySet {
+    /// The keys `job` claimed in the intervals committed so far.
+    pub fn load(journal: &Journal, job: JobId) -> Result<Self, PassError> {
+        let mut set = KeySet {
+            first: std::collections::HashMap::new(),
+            runs: Vec::new(),
+            overflow: std::collections::HashMap::new(),
+            pending: std::collections::HashMap::new(),
+            cached: None,
+        };
+        journal.for_each_key_run(job, |part, seq, run| {
+            let index = set.runs.len() as u32;
+            set.runs.push((part, seq));
+            for (hash, ordinal, line) in run.entries() {
+                set.index(hash, index, (ordinal, line));
+            }
+        })?;
+        Ok(set)
+    }
+
+    fn index(&mut self, hash: [u8; 16], run: u32, first_claim: (u64, u64)) {
+        match self.first.entry(fingerprint(&hash)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(run);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.overflow.insert(hash, first_claim);
+            }
+        }
+    }
+
+    /// Claim `hash` for record `(ordinal, line)`: `None` if it was free,
+    /// else the `(ordinal, line)` of the record that claimed it first.
+    pub fn claim(
+        &mut self,
+        journal: &Journal,
+        job: JobId,
+        hash: [u8; 16],
+        at: (u64, u64),
+    ) -> Result<Option<(u64, u64)>, PassError> {
+        if let Some(first) = self.pending.get(&hash).or_else(|| self.overflow.get(&hash)) {
+            return Ok(Some(*first));
+        }
+        if let Some(&run) = self.first.get(&fingerprint(&hash)) {
+            if self.cached.as_ref().is_none_or(|(i, _)| *i != run) {
+                let (part, seq) = self.runs[run as usize];
+                self.cached = Some((run, journal.key_run(job, part, seq)?));
+            }
+            let (_, keys) = self.cached.as_ref().expect("just cached");
+            if let Some(first) = keys.find(&hash) {
+                return Ok(Some(first));
+            }
+        }
+        self.pending.insert(hash, at);
+        Ok(None)
+    }
+
+    /// The pending keys, as the run to commit with the interval.
+    pub fn pending_run(&self) -> crate::journal::KeyRun {
+        crate::journal::KeyRun::new(
+            self.pending
+                .iter()
+                .map(|(h, (o, l))| (*h, *o, *l))
+                .collect(),
+        )
+    }
+
+    /// The interval was committed as run `(part, seq)`.
+    pub fn committed(&mut self, part: u32, seq: u64) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let index = self.runs.len() as u32;
+        self.runs.push((part, seq));
+        for (hash, at) in std::mem::take(&mut self.pending) {
+            self.index(hash, index, at);
+        }
+    }
+}
+
 /// Feed an item's content to an interval digest.
 pub(crate) fn digest_item(h: &mut Sha256, item: &Item) {
     match item {
@@ -246,7 +355,6 @@ struct Group {
     bytes: u64,
     digest: Sha256,
     errors: Vec<(u64, ErrorEntry)>,
-    keys: Vec<([u8; 16], u64, u64, Location)>,
     counts: Counts,
 }
 
@@ -260,7 +368,6 @@ impl Group {
             bytes: 0,
             digest: Sha256::new(),
             errors: Vec::new(),
-            keys: Vec::new(),
             counts: Counts::default(),
         }
     }
@@ -272,7 +379,7 @@ impl Group {
 
 /// Run pass 1 over one part, from where the journal says it stopped, to the
 /// end. Commits every interval.
-pub(crate) fn scan_part(ctx: &PartCtx) -> Result<(), PassError> {
+pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassError> {
     let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
     let last = intervals.last();
     let (mut parse, skip_to) = ctx.open(last)?;
@@ -294,7 +401,7 @@ pub(crate) fn scan_part(ctx: &PartCtx) -> Result<(), PassError> {
         }
         let end = matches!(item, Item::End | Item::Fatal(_));
         if !matches!(item, Item::End) {
-            accept(ctx, &mut group, &item)?;
+            accept(ctx, &mut group, keys, &item)?;
         }
         if group.counts.scanned == ctx.config.interval_items / 2 {
             faults::point("scan.mid-interval");
@@ -304,7 +411,14 @@ pub(crate) fn scan_part(ctx: &PartCtx) -> Result<(), PassError> {
         if full || end {
             let resume = if end { None } else { parse.checkpoint()? };
             let scanned_to = group.end_offset.max(offset_before);
-            commit(ctx, &mut group, resume, end, scanned_to - offset_before)?;
+            commit(
+                ctx,
+                &mut group,
+                keys,
+                resume,
+                end,
+                scanned_to - offset_before,
+            )?;
             offset_before = scanned_to;
             if end {
                 return Ok(());
@@ -314,7 +428,7 @@ pub(crate) fn scan_part(ctx: &PartCtx) -> Result<(), PassError> {
 }
 
 /// Account one item to the group.
-fn accept(ctx: &PartCtx, g: &mut Group, item: &Item) -> Result<(), PassError> {
+fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: &Item) -> Result<(), PassError> {
     digest_item(&mut g.digest, item);
     g.counts.scanned += 1;
     match item {
@@ -324,10 +438,30 @@ fn accept(ctx: &PartCtx, g: &mut Group, item: &Item) -> Result<(), PassError> {
             g.end_offset = loc.end();
             g.bytes += r.size_bytes() as u64;
             match ctx.identity(r) {
-                Identity::Valid { hash: Some(h), .. } => {
-                    g.keys.push((h, loc.ordinal, loc.line, loc))
+                Identity::Valid {
+                    kind,
+                    key,
+                    derived: false,
+                } => {
+                    let hash = key_hash(&kind, &key);
+                    if let Some((first, line)) =
+                        keys.claim(&ctx.journal, ctx.job, hash, (loc.ordinal, loc.line))?
+                    {
+                        let message = format!(
+                            "this record's key is already used by record {first} (line {line}); \
+                             keys must be unique within an import"
+                        );
+                        let e = ctx.error_entry(
+                            Stage::Validate,
+                            "duplicate-key",
+                            &message,
+                            ctx.key_field.clone(),
+                            loc,
+                        )?;
+                        reject(g, loc.ordinal, e);
+                    }
                 }
-                Identity::Valid { hash: None, .. } => {}
+                Identity::Valid { derived: true, .. } => {}
                 Identity::Invalid {
                     code,
                     message,
@@ -364,6 +498,7 @@ fn reject(g: &mut Group, ordinal: u64, e: ErrorEntry) {
 fn commit(
     ctx: &PartCtx,
     g: &mut Group,
+    keys: &mut KeySet,
     resume: Option<Checkpoint>,
     done: bool,
     scanned_bytes: u64,
@@ -371,9 +506,6 @@ fn commit(
     faults::point("scan.before-commit");
     let mut finished = std::mem::replace(g, Group::new(g.seq + 1, g.last + 1));
     finished.counts.scanned_bytes = scanned_bytes;
-    // Duplicates need the keys claimed so far, so they are found inside the
-    // transaction; their error entries need the spool, read beforehand for
-    // every candidate would be wasteful, so read them here per duplicate.
     let interval = (!finished.is_empty()).then(|| Interval {
         first: finished.first,
         last: finished.last,
@@ -381,40 +513,20 @@ fn commit(
         digest: hex::encode(std::mem::take(&mut finished.digest).finalize()),
         resume,
     });
-    let keys: Vec<([u8; 16], u64, u64)> = finished
-        .keys
-        .iter()
-        .map(|(h, o, l, _)| (*h, *o, *l))
-        .collect();
+    let run = keys.pending_run();
     let job = ctx.job;
     let part_index = ctx.part.index;
     ctx.journal.write(|tx| {
-        let claims = tx.claim_keys(job, &keys)?;
-        let mut counts = finished.counts.clone();
+        let counts = finished.counts.clone();
         let mut errors = std::mem::take(&mut finished.errors);
-        for (claim, (_, ordinal, _, loc)) in claims.iter().zip(&finished.keys) {
-            if let Some((first_ordinal, first_line)) = claim {
-                let e = ctx
-                    .error_entry(
-                        Stage::Validate,
-                        "duplicate-key",
-                        &format!(
-                            "this record's key is already used by record {first_ordinal} (line {first_line}); \
-                             keys must be unique within an import"
-                        ),
-                        ctx.key_field.clone(),
-                        *loc,
-                    )
-                    .map_err(|e| crate::journal::JournalError::Storage(e.to_string()))?;
-                errors.push((*ordinal, e));
-                counts.rejected += 1;
-            }
-        }
         errors.sort_by_key(|(o, _)| *o);
         if let Some(interval) = &interval {
             tx.put_interval(job, part_index, finished.seq, interval)?;
         }
         tx.put_errors(job, part_index, &errors)?;
+        if !run.is_empty() {
+            tx.put_key_run(job, part_index, finished.seq, &run)?;
+        }
         let mut part = tx.part(job, part_index)?;
         if let Some(interval) = &interval {
             part.scan.intervals = finished.seq + 1;
@@ -438,6 +550,7 @@ fn commit(
         tx.put_job(&record)?;
         Ok(())
     })?;
+    keys.committed(part_index, finished.seq);
     faults::point("scan.after-commit");
     Ok(())
 }

@@ -47,7 +47,7 @@ pub fn test_config(interval_items: u64) -> EngineConfig {
         ..EngineConfig::default()
     };
     config.sandbox.cache_dir = Some(shared_cache());
-    config.retry_base = std::time::Duration::from_millis(5);
+    config.retry.base = std::time::Duration::from_millis(5);
     config
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sluice::engine::{Engine, Storage, Submitted};
 use sluice::journal::{JobState, Journal, Stage};
 use sluice::sink::embedded::EmbeddedStore;
-use sluice::sink::{Batch, Outcome, Sink, SinkError};
+use sluice::sink::{Batch, Ledger, Outcome, Sink, SinkError, UndoPage, UndoScope};
 use sluice::spool::RealFs;
 
 use crate::common::{Fixture, csv_rows, test_config};
@@ -207,7 +207,11 @@ impl Sink for Faltering {
         "faltering"
     }
 
-    async fn apply(&self, batch: Arc<Batch>) -> Result<Vec<Outcome>, SinkError> {
+    async fn apply(
+        &self,
+        batch: Arc<Batch>,
+        _ledger: Arc<dyn Ledger>,
+    ) -> Result<Vec<Outcome>, SinkError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if call <= self.transient_until {
             return Err(SinkError::Transient("503 Service Unavailable".into()));
@@ -226,15 +230,22 @@ impl Sink for Faltering {
             .iter()
             .map(|i| {
                 if Some(&i.key) == self.refuse_key.as_ref() {
-                    Outcome::Rejected {
-                        code: "constraint".into(),
-                        message: "amount must be positive".into(),
-                    }
+                    Outcome::refused("constraint", "amount must be positive")
                 } else {
                     Outcome::Applied
                 }
             })
             .collect())
+    }
+
+    async fn undo(
+        &self,
+        job: u64,
+        scope: &UndoScope,
+        limit: usize,
+        _ledger: Arc<dyn Ledger>,
+    ) -> Result<UndoPage, SinkError> {
+        self.store.undo_sync(job, scope, limit)
     }
 }
 
@@ -380,9 +391,15 @@ fn a_plugin_that_resumes_differently_is_caught_before_applying() {
         "{error}"
     );
     // The first interval was applied and journaled; the drifting one
-    // (re-parsed from its checkpoint after the stop) was not applied.
+    // (re-parsed from its checkpoint after the stop) was not applied, and
+    // what the interrupted attempt had written of it was compensated.
     assert_eq!(job.counts.applied, 2);
-    assert!(!f.export().contains("\"C\""));
+    let export = f.export();
+    assert_eq!(export.lines().count(), 2, "{export}");
+    assert!(
+        !export.contains("\"c\"") && !export.contains("\"C\""),
+        "{export}"
+    );
 }
 
 #[test]
@@ -395,4 +412,51 @@ fn progress_is_derived_from_the_journal() {
         (Some(25), 25, 5, 20, 25)
     );
     assert_eq!(p.bytes, csv_rows(25, 5).len() as u64);
+}
+
+#[test]
+fn undo_removes_what_a_job_created_and_keeps_what_changed_since() {
+    let f = Fixture::new(4);
+    let rows = |range: std::ops::RangeInclusive<u32>, tag: &str| {
+        let mut s = String::from("id,v\n");
+        for i in range {
+            s.push_str(&format!("{i},{tag}{i}\n"));
+        }
+        s.into_bytes()
+    };
+    let a = f.import("t.csv", &rows(1..=5, "a"), |r| r.key = Some("id".into()));
+    let b = f.import("t.csv", &rows(3..=7, "b"), |r| r.key = Some("id".into()));
+    // Undo A: 1 and 2 are A's and go; 3..5 were changed by B since and stay.
+    let undone = f.rt.block_on(f.engine.undo(a.id)).unwrap();
+    assert_eq!(undone.state, JobState::Undone);
+    assert_eq!(undone.undo_counts.get("removed"), Some(&2));
+    assert_eq!(
+        undone.undo_counts.get("kept: changed since import"),
+        Some(&3)
+    );
+    let kept: Vec<_> = f
+        .engine
+        .journal()
+        .undo_entries(a.id)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == sluice::sink::UndoAction::KeptChanged)
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(kept, ["5", "4", "3"]);
+    // Undo B: 6 and 7 go, 3..5 get A's values back (B's before-images).
+    let undone = f.rt.block_on(f.engine.undo(b.id)).unwrap();
+    assert_eq!(undone.undo_counts.get("removed"), Some(&2));
+    assert_eq!(undone.undo_counts.get("restored"), Some(&3));
+    let export = f.export();
+    assert_eq!(export.lines().count(), 3, "{export}");
+    assert!(
+        export.contains(r#""v":"a3""#) && export.contains(r#""v":"a5""#),
+        "{export}"
+    );
+    // Undone jobs cannot be undone again; dry runs have nothing to undo.
+    assert!(f.rt.block_on(f.engine.undo(b.id)).is_err());
+    let dry = f.import("t.csv", &rows(1..=2, "d"), |r| r.dry_run = true);
+    let err = f.rt.block_on(f.engine.undo(dry.id)).unwrap_err();
+    assert!(err.to_string().contains("dry run"), "{err}");
 }

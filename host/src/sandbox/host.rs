@@ -42,7 +42,9 @@ impl std::error::Error for BudgetExceeded {}
 /// Time budgets of the call in progress.
 pub(crate) struct CallBudget {
     started: Instant,
-    cpu_at_start: Duration,
+    /// CPU time and wall-clock time since the call started, at its first
+    /// epoch tick.
+    cpu_base: Option<(Duration, Duration)>,
     cpu: Duration,
     wall: Duration,
     pub(crate) tripped: Option<Tripped>,
@@ -53,7 +55,7 @@ impl CallBudget {
     fn new(limits: &Limits, cancel: Option<Arc<AtomicBool>>) -> Self {
         CallBudget {
             started: Instant::now(),
-            cpu_at_start: Duration::ZERO,
+            cpu_base: None,
             cpu: limits.cpu_per_call,
             wall: limits.wall_per_call,
             tripped: None,
@@ -63,8 +65,11 @@ impl CallBudget {
 
     /// Start the clock for a new call.
     pub(crate) fn start(&mut self) {
+        // No CPU clock read here: reading the thread's CPU time is a system
+        // call, and most calls end long before the first epoch tick. The
+        // first tick of a call takes the baseline instead (see `check`).
         self.started = Instant::now();
-        self.cpu_at_start = thread_cpu_time();
+        self.cpu_base = None;
         self.tripped = None;
     }
 
@@ -78,7 +83,7 @@ impl CallBudget {
             Some(Tripped::Cancelled)
         } else if self.started.elapsed() > self.wall {
             Some(Tripped::Wall)
-        } else if thread_cpu_time().saturating_sub(self.cpu_at_start) > self.cpu {
+        } else if self.cpu_used() > self.cpu {
             Some(Tripped::Cpu)
         } else {
             None
@@ -90,6 +95,17 @@ impl CallBudget {
             }
             None => Ok(UpdateDeadline::Continue(1)),
         }
+    }
+}
+
+impl CallBudget {
+    /// CPU used by this call so far, over-estimated by at most the time
+    /// before its first tick: the CPU used before the baseline was taken is
+    /// bounded by the wall-clock time that passed.
+    fn cpu_used(&mut self) -> Duration {
+        let now = thread_cpu_time();
+        let (cpu0, wall0) = *self.cpu_base.get_or_insert((now, self.started.elapsed()));
+        now.saturating_sub(cpu0) + wall0
     }
 }
 

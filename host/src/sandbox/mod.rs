@@ -174,6 +174,11 @@ impl Sandbox {
             .epoch_interruption(true)
             .max_wasm_stack(config.max_wasm_stack)
             .parallel_compilation(true);
+        // SLUICE_WASM_PERFMAP=1 writes /tmp/perf-<pid>.map so `perf` can name
+        // plugin functions (for profiling plugins; off by default).
+        if std::env::var_os("SLUICE_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(|e| StartError(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         host::link(&mut linker).map_err(|e| StartError(e.to_string()))?;

@@ -8,6 +8,15 @@
 //! | `records` | (tenant, kind, key) | encoded record (below) |
 //! | `layouts` | layout id | JSON `{kind, fields}` |
 //! | `watermarks` | (job, part) | last applied ordinal, written in the same transaction as the records |
+//! | `history` | (job, part, ordinal) | what undo needs: identity and before-image |
+//!
+//! A history entry is written in the same transaction as its record, and
+//! only if absent: when a batch is applied again after a crash, the entry
+//! keeps the true before-image (the state before this job), not the job's
+//! own earlier write. Every value carries its provenance (job, part,
+//! ordinal), so undo tells a record still as the job left it from one
+//! another job changed since. Undo consumes entries in the transaction that
+//! restores their records, so an interrupted undo resumes where it stopped.
 //!
 //! A record value is: version byte (1), job (u64), part (u32), ordinal
 //! (u64), layout id (u64), value count (u32), each value as a tag byte and
@@ -27,12 +36,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend, TableDefin
 use serde_json::{Map, Value as Json, json};
 use sha2::{Digest as _, Sha256};
 
-use super::{Batch, Outcome, Sink, SinkError};
+use super::{Batch, Ledger, Outcome, Sink, SinkError, UndoAction, UndoEntry, UndoPage, UndoScope};
 use crate::record::{Layout, Record, Slot, Value};
 
 const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
 const LAYOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("layouts");
 const WATERMARKS: TableDefinition<(u64, u32), u64> = TableDefinition::new("watermarks");
+const HISTORY: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("history");
 
 const VERSION: u8 = 1;
 
@@ -237,7 +247,7 @@ impl EmbeddedStore {
         let ready = db
             .begin_read()
             .map_err(storage)?
-            .open_table(WATERMARKS)
+            .open_table(HISTORY)
             .is_ok();
         if ready {
             return Ok(EmbeddedStore { db });
@@ -247,6 +257,7 @@ impl EmbeddedStore {
         txn.open_table(RECORDS).map_err(storage)?;
         txn.open_table(LAYOUTS).map_err(storage)?;
         txn.open_table(WATERMARKS).map_err(storage)?;
+        txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(EmbeddedStore { db })
     }
@@ -259,6 +270,7 @@ impl EmbeddedStore {
         {
             let mut records = txn.open_table(RECORDS).map_err(|e| io(&e))?;
             let mut layouts = txn.open_table(LAYOUTS).map_err(|e| io(&e))?;
+            let mut history = txn.open_table(HISTORY).map_err(|e| io(&e))?;
             // Records of a batch share a few layouts: look each up once.
             let mut ids: HashMap<*const Layout, u64> = HashMap::new();
             let mut buf = Vec::new();
@@ -284,12 +296,23 @@ impl EmbeddedStore {
                     id,
                     &item.record,
                 );
-                records
-                    .insert(
-                        (batch.tenant.as_str(), item.kind.as_str(), item.key.as_str()),
-                        buf.as_slice(),
-                    )
-                    .map_err(|e| io(&e))?;
+                let identity = (batch.tenant.as_str(), item.kind.as_str(), item.key.as_str());
+                let before = records
+                    .insert(identity, buf.as_slice())
+                    .map_err(|e| io(&e))?
+                    .map(|v| v.value().to_vec());
+                let at = (batch.job, batch.part, item.ordinal);
+                if history.get(at).map_err(|e| io(&e))?.is_none() {
+                    let entry = History {
+                        tenant: &batch.tenant,
+                        kind: &item.kind,
+                        key: &item.key,
+                        before: before.as_deref(),
+                    };
+                    history
+                        .insert(at, entry.encode().as_slice())
+                        .map_err(|e| io(&e))?;
+                }
             }
             if let Some(last) = batch.items.last() {
                 let mut marks = txn.open_table(WATERMARKS).map_err(|e| io(&e))?;
@@ -300,6 +323,82 @@ impl EmbeddedStore {
         }
         crate::faults::point("apply.mid-target-commit");
         txn.commit().map_err(|e| io(&e))
+    }
+
+    /// Undo up to `limit` history entries of `job` in `scope`, newest first,
+    /// in one transaction.
+    pub fn undo_sync(
+        &self,
+        job: u64,
+        scope: &UndoScope,
+        limit: usize,
+    ) -> Result<UndoPage, SinkError> {
+        let io = |e: &dyn std::fmt::Display| SinkError::Io(e.to_string());
+        let mut txn = self.db.begin_write().map_err(|e| io(&e))?;
+        txn.set_two_phase_commit(true);
+        let mut page = UndoPage::default();
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| io(&e))?;
+            let mut history = txn.open_table(HISTORY).map_err(|e| io(&e))?;
+            let mut due: Vec<((u64, u32, u64), Vec<u8>)> = Vec::new();
+            for entry in history
+                .range((job, 0, 0)..=(job, u32::MAX, u64::MAX))
+                .map_err(|e| io(&e))?
+                .rev()
+            {
+                let (k, v) = entry.map_err(|e| io(&e))?;
+                let (_, part, ordinal) = k.value();
+                if !scope.covers(part, ordinal) {
+                    continue;
+                }
+                if due.len() == limit {
+                    break;
+                }
+                due.push((k.value(), v.value().to_vec()));
+            }
+            page.done = due.len() < limit;
+            for ((_, part, ordinal), bytes) in due {
+                let h = OwnedHistory::decode(&bytes).ok_or_else(|| {
+                    SinkError::Io(format!("history entry {job}/{part}/{ordinal} is corrupt"))
+                })?;
+                let identity = (h.tenant.as_str(), h.kind.as_str(), h.key.as_str());
+                let current = records
+                    .get(identity)
+                    .map_err(|e| io(&e))?
+                    .map(|v| v.value().to_vec());
+                let ours = current
+                    .as_deref()
+                    .and_then(provenance)
+                    .is_some_and(|p| p == (job, part, ordinal));
+                let action = if ours {
+                    match &h.before {
+                        Some(b) => {
+                            records.insert(identity, b.as_slice()).map_err(|e| io(&e))?;
+                            UndoAction::Restored
+                        }
+                        None => {
+                            records.remove(identity).map_err(|e| io(&e))?;
+                            UndoAction::Removed
+                        }
+                    }
+                } else if current.as_deref() == h.before.as_deref() {
+                    UndoAction::Unchanged
+                } else {
+                    UndoAction::KeptChanged
+                };
+                history.remove((job, part, ordinal)).map_err(|e| io(&e))?;
+                page.entries.push(UndoEntry {
+                    part,
+                    ordinal,
+                    kind: h.kind,
+                    key: h.key,
+                    action,
+                    message: None,
+                });
+            }
+        }
+        txn.commit().map_err(|e| io(&e))?;
+        Ok(page)
     }
 
     /// Last ordinal of `(job, part)` the store holds, if any.
@@ -386,18 +485,108 @@ impl EmbeddedStore {
     }
 }
 
+/// The (job, part, ordinal) that wrote a stored value.
+fn provenance(value: &[u8]) -> Option<(u64, u32, u64)> {
+    let mut d = Decoder { buf: value };
+    if d.u8()? != VERSION {
+        return None;
+    }
+    Some((d.u64()?, d.u32()?, d.u64()?))
+}
+
+/// A history entry being written.
+struct History<'a> {
+    tenant: &'a str,
+    kind: &'a str,
+    key: &'a str,
+    before: Option<&'a [u8]>,
+}
+
+impl History<'_> {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in [
+            self.tenant.as_bytes(),
+            self.kind.as_bytes(),
+            self.key.as_bytes(),
+        ] {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s);
+        }
+        match self.before {
+            Some(b) => {
+                out.push(1);
+                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                out.extend_from_slice(b);
+            }
+            None => out.push(0),
+        }
+        out
+    }
+}
+
+/// A history entry read back.
+struct OwnedHistory {
+    tenant: String,
+    kind: String,
+    key: String,
+    before: Option<Vec<u8>>,
+}
+
+impl OwnedHistory {
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut d = Decoder { buf: bytes };
+        let mut text = || -> Option<String> {
+            let n = d.u32()? as usize;
+            String::from_utf8(d.take(n)?.to_vec()).ok()
+        };
+        let (tenant, kind, key) = (text()?, text()?, text()?);
+        let before = match d.u8()? {
+            0 => None,
+            _ => {
+                let n = d.u32()? as usize;
+                Some(d.take(n)?.to_vec())
+            }
+        };
+        Some(OwnedHistory {
+            tenant,
+            kind,
+            key,
+            before,
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for Arc<EmbeddedStore> {
     fn name(&self) -> &str {
         "embedded"
     }
 
-    async fn apply(&self, batch: Arc<Batch>) -> Result<Vec<Outcome>, SinkError> {
+    async fn apply(
+        &self,
+        batch: Arc<Batch>,
+        _ledger: Arc<dyn Ledger>,
+    ) -> Result<Vec<Outcome>, SinkError> {
         let store = self.clone();
         let n = batch.items.len();
         tokio::task::spawn_blocking(move || store.apply_sync(&batch))
             .await
             .map_err(|e| SinkError::Io(e.to_string()))??;
         Ok(vec![Outcome::Applied; n])
+    }
+
+    async fn undo(
+        &self,
+        job: u64,
+        scope: &UndoScope,
+        limit: usize,
+        _ledger: Arc<dyn Ledger>,
+    ) -> Result<UndoPage, SinkError> {
+        let store = self.clone();
+        let scope = scope.clone();
+        tokio::task::spawn_blocking(move || store.undo_sync(job, &scope, limit))
+            .await
+            .map_err(|e| SinkError::Io(e.to_string()))?
     }
 }
