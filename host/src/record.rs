@@ -39,28 +39,15 @@ pub struct Layout {
     pub fields: Vec<String>,
 }
 
-/// A range of a record's data buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Span {
-    pub start: u32,
-    pub len: u32,
-}
+/// A range of a record's data buffer, and how a value is stored in a
+/// record: the types the plugin boundary lifts, kept as they are so a record
+/// needs no conversion on its way in.
+pub(crate) use crate::sandbox::wit_types::{Span, Value as Slot};
 
 impl Span {
     pub(crate) fn range(self) -> std::ops::Range<usize> {
         self.start as usize..self.start as usize + self.len as usize
     }
-}
-
-/// How a value is stored in a record.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Slot {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(Span),
-    Bytes(Span),
 }
 
 /// A field value, borrowed from a record.
@@ -172,8 +159,8 @@ impl Record {
     fn value(&self, slot: Slot) -> Value<'_> {
         match slot {
             Slot::Null => Value::Null,
-            Slot::Bool(b) => Value::Bool(b),
-            Slot::Int(i) => Value::Int(i),
+            Slot::Boolean(b) => Value::Bool(b),
+            Slot::Integer(i) => Value::Int(i),
             Slot::Float(x) => Value::Float(x),
             Slot::Text(s) => Value::Text(self.text(s)),
             Slot::Bytes(s) => Value::Bytes(&self.data[s.range()]),

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use crate::__private::bindings::exports::sluice::adapter::parse::{self as wit, GuestParser};
 use crate::__private::bindings::sluice::adapter::{input, types};
 use crate::input::ChunkSource;
-use crate::record::Slot;
 use crate::{Adapter, Checkpoint, ConfigError, Input, Item, Options, RecordError};
 
 pub use wit::Guest;
@@ -96,10 +95,6 @@ fn record_error(e: RecordError) -> types::RecordError {
     }
 }
 
-fn span(start: u32, len: u32) -> types::Span {
-    types::Span { start, len }
-}
-
 impl<A: Adapter> GuestParser for ParserGlue<A> {
     fn open(
         options: Vec<(String, String)>,
@@ -136,19 +131,8 @@ impl<A: Adapter> GuestParser for ParserGlue<A> {
                 let index = known.unwrap_or(st.declared.len() as u32);
                 let rec = wit::Record {
                     layout: index,
-                    values: parts
-                        .slots
-                        .iter()
-                        .map(|s| match *s {
-                            Slot::Null => types::Value::Null,
-                            Slot::Bool(b) => types::Value::Boolean(b),
-                            Slot::Int(i) => types::Value::Integer(i),
-                            Slot::Float(x) => types::Value::Float(x),
-                            Slot::Text(s, l) => types::Value::Text(span(s, l)),
-                            Slot::Bytes(s, l) => types::Value::Bytes(span(s, l)),
-                        })
-                        .collect(),
-                    key: parts.key.map(|(s, l)| span(s, l)),
+                    values: parts.slots,
+                    key: parts.key,
                     data: parts.data,
                     location: location(parts.location),
                 };

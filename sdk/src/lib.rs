@@ -160,6 +160,8 @@ pub mod __private {
             export_macro_name: "__export_raw",
             default_bindings_module: "sluice_sdk::__private::bindings",
             runtime_path: "sluice_sdk::__private::wit_bindgen::rt",
+            // Records compare their values in tests.
+            additional_derives: [PartialEq],
         });
     }
 }

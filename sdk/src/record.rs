@@ -38,18 +38,32 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
-/// How a value is stored inside a record: scalars inline, text and bytes as a
-/// range of the record's data buffer. This is the shape that crosses the
-/// plugin boundary, so building a record costs one buffer, not one string per
-/// field.
+/// How a value is stored inside a record: scalars inline, text and bytes as
+/// a range of the record's data buffer. This is the shape that crosses the
+/// plugin boundary (in WebAssembly builds it *is* the boundary's type, so a
+/// record is handed over without conversion), so building a record costs one
+/// buffer, not one string per field.
+#[cfg(target_arch = "wasm32")]
+pub(crate) use crate::__private::bindings::sluice::adapter::types::{Span, Value as Slot};
+
+/// A range of a record's data buffer.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Span {
+    pub start: u32,
+    pub len: u32,
+}
+
+/// How a value is stored inside a record (see the WebAssembly twin above).
+#[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Slot {
     Null,
-    Bool(bool),
-    Int(i64),
+    Boolean(bool),
+    Integer(i64),
     Float(f64),
-    Text(u32, u32),
-    Bytes(u32, u32),
+    Text(Span),
+    Bytes(Span),
 }
 
 static NEXT_LAYOUT_ID: AtomicU64 = AtomicU64::new(1);
@@ -150,7 +164,7 @@ pub fn first_duplicate(names: &[String]) -> Option<&str> {
 pub struct Record {
     layout: Layout,
     slots: Vec<Slot>,
-    key: Option<(u32, u32)>,
+    key: Option<Span>,
     data: Vec<u8>,
     location: Location,
 }
@@ -188,16 +202,16 @@ impl Record {
         );
         let slot = match value {
             Value::Null => Slot::Null,
-            Value::Bool(b) => Slot::Bool(b),
-            Value::Int(i) => Slot::Int(i),
+            Value::Bool(b) => Slot::Boolean(b),
+            Value::Int(i) => Slot::Integer(i),
             Value::Float(x) => Slot::Float(x),
             Value::Text(s) => {
                 let (start, len) = self.store(s.as_bytes());
-                Slot::Text(start, len)
+                Slot::Text(Span { start, len })
             }
             Value::Bytes(b) => {
                 let (start, len) = self.store(b);
-                Slot::Bytes(start, len)
+                Slot::Bytes(Span { start, len })
             }
         };
         self.slots.push(slot);
@@ -211,7 +225,8 @@ impl Record {
 
     /// Set the record's natural key.
     pub fn set_key(&mut self, key: &str) -> &mut Self {
-        self.key = Some(self.store(key.as_bytes()));
+        let (start, len) = self.store(key.as_bytes());
+        self.key = Some(Span { start, len });
         self
     }
 
@@ -273,8 +288,9 @@ impl Record {
 
     /// The natural key, if the adapter set one.
     pub fn key(&self) -> Option<&str> {
-        self.key
-            .map(|(s, l)| std::str::from_utf8(self.slice(s, l)).expect("keys are stored from &str"))
+        self.key.map(|Span { start, len }| {
+            std::str::from_utf8(self.slice(start, len)).expect("keys are stored from &str")
+        })
     }
 
     /// Where the record came from.
@@ -285,13 +301,13 @@ impl Record {
     fn value(&self, slot: Slot) -> Value<'_> {
         match slot {
             Slot::Null => Value::Null,
-            Slot::Bool(b) => Value::Bool(b),
-            Slot::Int(i) => Value::Int(i),
+            Slot::Boolean(b) => Value::Bool(b),
+            Slot::Integer(i) => Value::Int(i),
             Slot::Float(x) => Value::Float(x),
-            Slot::Text(s, l) => Value::Text(
+            Slot::Text(Span { start: s, len: l }) => Value::Text(
                 std::str::from_utf8(self.slice(s, l)).expect("text is stored from &str"),
             ),
-            Slot::Bytes(s, l) => Value::Bytes(self.slice(s, l)),
+            Slot::Bytes(Span { start: s, len: l }) => Value::Bytes(self.slice(s, l)),
         }
     }
 
@@ -312,7 +328,7 @@ impl Record {
 pub(crate) struct RecordParts {
     pub layout: Layout,
     pub slots: Vec<Slot>,
-    pub key: Option<(u32, u32)>,
+    pub key: Option<Span>,
     pub data: Vec<u8>,
     pub location: Location,
 }

@@ -6,5 +6,7 @@ mod archive;
 mod common;
 mod crash;
 mod engine;
+mod http;
+mod postgres;
 mod powerloss;
 mod sandbox;

@@ -3,6 +3,8 @@
 wasmtime::component::bindgen!({
     path: "../wit/v0.1.0",
     world: "adapter",
+    // Records keep the lifted values as they are, and compare them.
+    additional_derives: [PartialEq],
     imports: {
         // A failed read of the spooled input ends the call; it is the host's
         // problem, not the plugin's, and is classified as such.

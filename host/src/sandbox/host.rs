@@ -316,6 +316,7 @@ pub(crate) struct HostState {
     pub(crate) stderr: Capture,
     input: Box<dyn Read + Send>,
     chunk_bytes: usize,
+    scratch: Vec<u8>,
     /// Absolute input offset of the next byte to hand out.
     pub(crate) fed_to: u64,
     input_ended: bool,
@@ -371,6 +372,7 @@ impl HostState {
             stderr,
             input,
             chunk_bytes: limits.input_chunk_bytes.max(1),
+            scratch: Vec::new(),
             fed_to: start_offset,
             input_ended: false,
             input_error: None,
@@ -400,7 +402,10 @@ impl input::Host for HostState {
         if self.input_ended {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; self.chunk_bytes];
+        // One scratch buffer for the parse: read into it, hand out a copy
+        // (which the component model moves into the plugin's memory).
+        let buf = &mut self.scratch;
+        buf.resize(self.chunk_bytes, 0);
         let mut filled = 0;
         // Fill the whole chunk unless the input ends: short reads from the
         // OS must not look like the end of input to the plugin.
@@ -418,9 +423,8 @@ impl input::Host for HostState {
                 }
             }
         }
-        buf.truncate(filled);
         self.fed_to += filled as u64;
-        Ok(buf)
+        Ok(buf[..filled].to_vec())
     }
 }
 

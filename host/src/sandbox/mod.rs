@@ -30,6 +30,9 @@ pub use fault::{ConfigError, FaultKind, LoadError, ParseError, PluginFault};
 pub use limits::{Limits, SandboxConfig};
 pub use parse::{Checkpoint, Parse};
 
+/// The boundary's value types, shared with the host's records.
+pub(crate) use bindings::sluice::adapter::types as wit_types;
+
 use bindings::AdapterPre;
 use host::HostState;
 

@@ -390,42 +390,11 @@ impl Parse {
             ));
         }
         let data = r.data;
-        let mut bad: Option<String> = None;
-        let mut check_span = |s: wt::Span, text: bool| -> Span {
-            let span = Span {
-                start: s.start,
-                len: s.len,
-            };
-            let end = s.start as usize + s.len as usize;
-            if end > data.len() {
-                bad.get_or_insert_with(|| {
-                    format!(
-                        "a value spans bytes {}..{end} of a {}-byte buffer",
-                        s.start,
-                        data.len()
-                    )
-                });
-            } else if text && std::str::from_utf8(&data[span.range()]).is_err() {
-                bad.get_or_insert_with(|| "a text value is not UTF-8".to_owned());
-            }
-            span
-        };
-        let slots: Vec<Slot> = r
-            .values
-            .iter()
-            .map(|v| match *v {
-                wt::Value::Null => Slot::Null,
-                wt::Value::Boolean(b) => Slot::Bool(b),
-                wt::Value::Integer(i) => Slot::Int(i),
-                wt::Value::Float(x) => Slot::Float(x),
-                wt::Value::Text(s) => Slot::Text(check_span(s, true)),
-                wt::Value::Bytes(s) => Slot::Bytes(check_span(s, false)),
-            })
-            .collect();
-        let key = r.key.map(|s| check_span(s, true));
-        if let Some(problem) = bad {
+        let slots = r.values;
+        if let Some(problem) = check_spans(&data, &slots, r.key) {
             return Err(self.invalid("next", problem));
         }
+        let key = r.key;
         let location = self.locate(r.location, false)?;
         let size = data.len() + slots.len() * 16;
         if size > self.limits.max_record_bytes {
@@ -472,6 +441,36 @@ impl Parse {
             location,
         })
     }
+}
+
+/// Check that every span lies in `data` and every text span (and the key)
+/// is UTF-8. The whole buffer is validated once when it is all text (the
+/// common case), leaving only a boundary check per span.
+fn check_spans(data: &[u8], values: &[Slot], key: Option<Span>) -> Option<String> {
+    let all_text = std::str::from_utf8(data).ok();
+    let check = |s: Span, text: bool| -> Option<String> {
+        let end = s.start as usize + s.len as usize;
+        if end > data.len() {
+            return Some(format!(
+                "a value spans bytes {}..{end} of a {}-byte buffer",
+                s.start,
+                data.len()
+            ));
+        }
+        let utf8 = match all_text {
+            Some(t) => t.is_char_boundary(s.start as usize) && t.is_char_boundary(end),
+            None => std::str::from_utf8(&data[s.range()]).is_ok(),
+        };
+        (text && !utf8).then(|| "a text value is not UTF-8".to_owned())
+    };
+    values
+        .iter()
+        .find_map(|v| match *v {
+            Slot::Text(s) => check(s, true),
+            Slot::Bytes(s) => check(s, false),
+            _ => None,
+        })
+        .or_else(|| key.and_then(|k| check(k, true)))
 }
 
 /// Cut `s` to at most `max` bytes at a character boundary.

@@ -113,8 +113,8 @@ fn encode(out: &mut Vec<u8>, job: u64, part: u32, ordinal: u64, layout: u64, r: 
     for slot in &r.slots {
         match *slot {
             Slot::Null => out.push(0),
-            Slot::Bool(b) => out.extend_from_slice(&[1, u8::from(b)]),
-            Slot::Int(i) => {
+            Slot::Boolean(b) => out.extend_from_slice(&[1, u8::from(b)]),
+            Slot::Integer(i) => {
                 out.push(2);
                 out.extend_from_slice(&i.to_le_bytes());
             }
@@ -179,8 +179,8 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     for _ in 0..n {
         let slot = match d.u8()? {
             0 => Slot::Null,
-            1 => Slot::Bool(d.u8()? != 0),
-            2 => Slot::Int(d.u64()? as i64),
+            1 => Slot::Boolean(d.u8()? != 0),
+            2 => Slot::Integer(d.u64()? as i64),
             3 => Slot::Float(f64::from_bits(d.u64()?)),
             t @ (4 | 5) => {
                 let span = crate::record::Span {
@@ -203,8 +203,8 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     for slot in slots {
         let v = match slot {
             Slot::Null => Value::Null,
-            Slot::Bool(b) => Value::Bool(b),
-            Slot::Int(i) => Value::Int(i),
+            Slot::Boolean(b) => Value::Bool(b),
+            Slot::Integer(i) => Value::Int(i),
             Slot::Float(x) => Value::Float(x),
             Slot::Text(s) => Value::Text(std::str::from_utf8(data.get(s.range())?).ok()?),
             Slot::Bytes(s) => Value::Bytes(data.get(s.range())?),

@@ -1,0 +1,1 @@
+//! PostgreSQL target tests (being written).
