@@ -369,15 +369,25 @@ pub(crate) fn open_database(path: &Path) -> Result<Database, String> {
         b
     };
     if !path.exists() {
-        let tmp = path.with_extension("redb.new");
-        let _ = std::fs::remove_file(&tmp);
-        drop(builder().create(&tmp).map_err(|e| e.to_string())?);
+        // Several processes may start on a new data directory at once: one
+        // creates, the others wait for it.
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        let locks = dir.join("locks");
+        std::fs::create_dir_all(&locks).map_err(|e| e.to_string())?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("db");
+        let lock = std::fs::File::create(locks.join(format!("{name}.create.lock")))
             .map_err(|e| e.to_string())?;
+        lock.lock().map_err(|e| e.to_string())?;
+        if !path.exists() {
+            let tmp = path.with_extension("redb.new");
+            let _ = std::fs::remove_file(&tmp);
+            drop(builder().create(&tmp).map_err(|e| e.to_string())?);
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|e| e.to_string())?;
+        }
     }
     builder().create(path).map_err(|e| e.to_string())
 }

@@ -350,3 +350,126 @@ fn killed_at_random_times_recovery_loses_and_duplicates_nothing() {
     eprintln!("random kills: {killed} of 12 imports killed mid-run (full run {full:?})");
     assert!(killed > 0);
 }
+
+/// Import (uninterrupted) into a fresh data directory and return it.
+fn imported(input: &Path) -> tempfile::TempDir {
+    let dir = fresh_data_dir();
+    let out = run(&mut import(dir.path(), input));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn undo_killed_at_any_page_resumes_and_leaves_nothing() {
+    let input = input_file();
+    let mut crashes = 0;
+    for point in ["undo.before-page", "undo.after-target"] {
+        for nth in [1, 3, 6] {
+            let dir = imported(&input);
+            let spec = format!("{point}:{nth}");
+            let out = run(sluice(dir.path())
+                .args(["undo", "1"])
+                .env("SLUICE_CRASH_AT", &spec));
+            if out.status.signal() == Some(9) {
+                crashes += 1;
+                // A crashed undo is resumed by recovery, or by asking again.
+                let resumed = if nth % 2 == 1 {
+                    run(sluice(dir.path()).arg("recover"))
+                } else {
+                    run(sluice(dir.path()).args(["undo", "1"]))
+                };
+                assert!(resumed.status.success(), "{spec}: {resumed:?}");
+            } else {
+                assert_eq!(out.status.code(), Some(0), "{spec}: {out:?}");
+            }
+            assert_eq!(
+                export(dir.path()),
+                "",
+                "{spec}: the store is empty after undo"
+            );
+            let job = &jobs(dir.path())[0];
+            assert_eq!(job["state"], "undone", "{spec}: {job}");
+            let removed = job["undo"]["removed"].as_u64().unwrap_or(0);
+            assert!(removed > 0, "{spec}: {job}");
+        }
+    }
+    assert!(crashes >= 4, "{crashes}");
+}
+
+#[test]
+fn ctrl_c_stops_an_import_resumably() {
+    let input = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ctrl-c-input.csv");
+    std::fs::write(&input, csv_rows(60_000, 0)).unwrap();
+    let dir = fresh_data_dir();
+    let child = import(dir.path(), &input)
+        .env("SLUICE_INTERVAL_ITEMS", "500")
+        .spawn()
+        .unwrap();
+    // Let it get into the passes, then interrupt it like a terminal would.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let jobs_now = jobs(dir.path());
+    if out.status.success() || jobs_now.is_empty() {
+        // It finished before the signal landed, or the signal came before
+        // the job existed: nothing to check.
+        return;
+    }
+    if out.status.code() == Some(1) {
+        // The handler stopped it at a safe point and said how to resume.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("sluice recover"),
+            "{out:?}"
+        );
+    } else {
+        // The signal came before the handler was installed: a plain kill.
+        assert_eq!(out.status.signal(), Some(libc::SIGINT), "{out:?}");
+    }
+    let state = jobs_now[0]["state"].as_str().unwrap().to_owned();
+    assert!(
+        !["completed", "cancelled", "failed"].contains(&state.as_str()),
+        "left resumable: {state}"
+    );
+    let rec = run(sluice(dir.path()).arg("recover"));
+    assert!(rec.status.success(), "{rec:?}");
+    assert_eq!(jobs(dir.path())[0]["state"], "completed");
+    assert_eq!(export(dir.path()).lines().count(), 60_000);
+}
+
+#[test]
+fn cancel_from_another_process_stops_at_a_safe_point() {
+    let input = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cancel-input.csv");
+    std::fs::write(&input, csv_rows(60_000, 0)).unwrap();
+    let dir = fresh_data_dir();
+    let child = import(dir.path(), &input)
+        .env("SLUICE_INTERVAL_ITEMS", "500")
+        .spawn()
+        .unwrap();
+    // Wait until the job exists, then cancel it from here.
+    let started = Instant::now();
+    while jobs(dir.path()).is_empty() {
+        assert!(started.elapsed().as_secs() < 30, "the job never appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = run(sluice(dir.path()).args(["cancel", "1"]));
+    assert!(out.status.success(), "{out:?}");
+    let imported = child.wait_with_output().unwrap();
+    let job = &jobs(dir.path())[0];
+    if job["state"] == "completed" {
+        return; // it finished first
+    }
+    assert_eq!(job["state"], "cancelled", "{job} {imported:?}");
+    assert_eq!(imported.status.code(), Some(1));
+    // What the journal says was applied is exactly what the store holds.
+    let applied = job["counts"]["applied"].as_u64().unwrap();
+    assert_eq!(export(dir.path()).lines().count() as u64, applied, "{job}");
+    assert!(spool_debris(dir.path()).is_empty());
+}

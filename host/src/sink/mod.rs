@@ -30,11 +30,131 @@
 //!    changed by someone else since; idempotent and resumable, a page at a
 //!    time.
 //!
-//! The embedded store ([`embedded::EmbeddedStore`]) is the default target.
-//! `docs` of this module's items show a complete custom sink in the test
-//! `tests/integration/engine.rs` (`Faltering`).
+//! The embedded store ([`embedded::EmbeddedStore`]) is the default target;
+//! [`postgres`] and [`http`] are the others sluice ships.
+//!
+//! # Your own target
+//!
+//! A complete sink for a platform of your own. This one keeps records in
+//! memory; a real one would call your API or database in `apply` and keep
+//! the before-images in the same transaction as the change (or in the
+//! [`Ledger`] before each step, if the platform has no transactions).
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use sluice::sink::{
+//!     Batch, Ledger, Outcome, Sink, SinkError, UndoAction, UndoEntry, UndoPage, UndoScope,
+//! };
+//!
+//! type Identity = (String, String, String); // tenant, kind, key
+//!
+//! #[derive(Default)]
+//! struct MemorySink {
+//!     rows: Mutex<HashMap<Identity, (String, (u64, u32, u64))>>,
+//!     /// (job, part, ordinal) -> identity and before-image: what undo needs.
+//!     history: Mutex<Vec<((u64, u32, u64), Identity, Option<(String, (u64, u32, u64))>)>>,
+//! }
+//!
+//! #[sluice::sink::async_trait]
+//! impl Sink for MemorySink {
+//!     fn name(&self) -> &str {
+//!         "memory"
+//!     }
+//!
+//!     async fn apply(&self, batch: Arc<Batch>, _ledger: Arc<dyn Ledger>) -> Result<Vec<Outcome>, SinkError> {
+//!         let mut rows = self.rows.lock().unwrap();
+//!         let mut history = self.history.lock().unwrap();
+//!         Ok(batch
+//!             .items
+//!             .iter()
+//!             .map(|item| {
+//!                 let fields = item.record.fields_json();
+//!                 if fields.get("amount").and_then(|v| v.as_str()) == Some("-1") {
+//!                     // A rule of the platform: refused, never retried.
+//!                     return Outcome::refused("negative-amount", "amount must not be negative");
+//!                 }
+//!                 let id = (batch.tenant.clone(), item.kind.clone(), item.key.clone());
+//!                 let at = (batch.job, batch.part, item.ordinal);
+//!                 let json = serde_json::Value::Object(fields).to_string();
+//!                 // Idempotent by identity: the same record again replaces
+//!                 // itself. The first before-image is kept on a replay.
+//!                 let before = rows.insert(id.clone(), (json, at));
+//!                 if !history.iter().any(|(a, ..)| *a == at) {
+//!                     history.push((at, id, before));
+//!                 }
+//!                 Outcome::Applied
+//!             })
+//!             .collect())
+//!     }
+//!
+//!     async fn undo(
+//!         &self,
+//!         job: u64,
+//!         scope: &UndoScope,
+//!         limit: usize,
+//!         _ledger: Arc<dyn Ledger>,
+//!     ) -> Result<UndoPage, SinkError> {
+//!         let mut rows = self.rows.lock().unwrap();
+//!         let mut history = self.history.lock().unwrap();
+//!         let mut page = UndoPage::default();
+//!         // Newest first; each entry is consumed as it is undone, so an
+//!         // interrupted undo resumes where it stopped.
+//!         while page.entries.len() < limit {
+//!             let Some(i) = history
+//!                 .iter()
+//!                 .rposition(|((j, p, o), ..)| *j == job && scope.covers(*p, *o))
+//!             else {
+//!                 page.done = true;
+//!                 break;
+//!             };
+//!             let (at, id, before) = history.remove(i);
+//!             let ours = rows.get(&id).is_some_and(|(_, by)| *by == at);
+//!             let action = match (ours, before) {
+//!                 (false, _) => UndoAction::KeptChanged,
+//!                 (true, Some(b)) => {
+//!                     rows.insert(id.clone(), b);
+//!                     UndoAction::Restored
+//!                 }
+//!                 (true, None) => {
+//!                     rows.remove(&id);
+//!                     UndoAction::Removed
+//!                 }
+//!             };
+//!             page.entries.push(UndoEntry {
+//!                 part: at.1,
+//!                 ordinal: at.2,
+//!                 kind: id.1,
+//!                 key: id.2,
+//!                 action,
+//!                 message: None,
+//!             });
+//!         }
+//!         Ok(page)
+//!     }
+//! }
+//!
+//! // Use it: every job of this engine writes to it.
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let data_dir = dir.path();
+//! let storage = sluice::engine::Storage {
+//!     journal: sluice::journal::Journal::open(&data_dir.join("journal.redb"))?,
+//!     store: Arc::new(sluice::sink::embedded::EmbeddedStore::open(&data_dir.join("store.redb"))?),
+//!     spool_fs: Arc::new(sluice::spool::RealFs),
+//! };
+//! let sink = Arc::new(MemorySink::default());
+//! let engine = sluice::engine::Engine::with_storage(data_dir, Default::default(), storage, Some(sink))?;
+//! # let _ = engine;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod embedded;
+
+/// Re-exported so sinks can write `#[sluice::sink::async_trait]`.
+pub use async_trait::async_trait;
 pub mod http;
 pub mod postgres;
 
