@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
 use crate::faults;
 use crate::journal::{Counts, Interval, Stage};
 use crate::record::Item;
-use crate::scan::{Identity, PartCtx, PassError, digest_item};
+use crate::scan::{Identity, PartCtx, PassError, digest_hex, digest_item};
 use crate::sink::{Batch, BatchItem, FailureClass, Outcome, Sink, SinkError};
+use xxhash_rust::xxh3::Xxh3;
 
 /// An interval ready to apply.
 struct Prepared {
@@ -103,7 +103,7 @@ fn produce(
             .error_ordinals(ctx.job, ctx.part.index, interval.first, interval.last)?
             .into_iter()
             .collect();
-        let mut digest = Sha256::new();
+        let mut digest = Xxh3::new();
         let mut items = Vec::new();
         let mut seen = 0u64;
         loop {
@@ -150,7 +150,7 @@ fn produce(
                 break;
             }
         }
-        if hex::encode(digest.finalize()) != interval.digest {
+        if digest_hex(&digest) != interval.digest {
             return Err(nondeterministic(ctx, interval, "the records differ"));
         }
         let prepared = Prepared {

@@ -32,12 +32,24 @@ pub(crate) async fn compensate_unjournaled(
 ) -> Result<Vec<String>, EngineError> {
     let parts = engine.journal().parts(job.id)?;
     let scope = UndoScope::Unjournaled(parts.iter().map(|p| (p.index, p.apply.ordinal)).collect());
-    let sink = engine
-        .sink_for(&job.target)
-        .map_err(|e| EngineError::Stopped {
-            job: job.id,
-            reason: e.to_string(),
-        })?;
+    let sink = match engine.sink_for(&job.target) {
+        Ok(s) => s,
+        // The target cannot be opened at all (mapping gone or broken):
+        // nothing can be checked; say so instead of stopping for ever.
+        Err(PassError::Rejected(e)) => {
+            return Ok(vec![format!(
+                "target {} could not be opened to take back records applied but not \
+                 journaled: {e}",
+                job.target
+            )]);
+        }
+        Err(e) => {
+            return Err(EngineError::Stopped {
+                job: job.id,
+                reason: e.to_string(),
+            });
+        }
+    };
     let mut leftovers = Vec::new();
     let mut compensated = 0u64;
     loop {

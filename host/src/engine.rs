@@ -309,6 +309,19 @@ impl Engine {
                 detail,
             })
         })?;
+        if target != crate::target::EMBEDDED
+            && let Some(given) = req.target.as_deref()
+        {
+            // The journal keeps the target without secrets; this process has
+            // the full one (a password in a URL), so it opens the sink now.
+            let sink = crate::target::open(given.trim()).map_err(|detail| {
+                discard(EngineError::Target {
+                    target: target.clone(),
+                    detail,
+                })
+            })?;
+            lock(&inner.targets).insert(target.clone(), sink);
+        }
         let archive = is_zip(&inner.spool, &spooled.file);
         let plugin = if archive {
             None
@@ -511,11 +524,19 @@ impl Engine {
             .write(true)
             .open(dir.join(format!("{id}.lock")))
             .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::Busy(id)),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        // A lock just released can stay held for a moment by a process
+        // that forked meanwhile (until it execs), so look a few times
+        // before calling the job busy.
+        for _ in 0..20 {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(25))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
         }
+        Err(EngineError::Busy(id))
     }
 
     fn publish(&self, id: JobId) {
@@ -826,6 +847,14 @@ impl Engine {
             let id = job.id;
             let on_commit: Arc<dyn Fn() + Send + Sync> = Arc::new(move || this.publish(id));
             crate::apply::apply_part(ctx, sink.clone(), on_commit).await?;
+        }
+        // Compensations that failed during the pass are tried once more;
+        // what is still stuck is listed on the job (never silent).
+        let reconciled = sink.reconcile(job.id, self.ledger()).await?;
+        if !reconciled.leftovers.is_empty() {
+            let leftovers = reconciled.leftovers;
+            self.write_job(job.id, move |j| j.leftovers.extend(leftovers))
+                .await?;
         }
         faults::point("job.before-complete");
         self.finish(job.id, JobState::Completed, None)

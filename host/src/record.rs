@@ -37,6 +37,26 @@ impl Location {
 pub struct Layout {
     pub kind: Option<String>,
     pub fields: Vec<String>,
+    /// Hash of the kind and names, so a record's digest covers its layout
+    /// without hashing the names again for every record.
+    pub(crate) fingerprint: u64,
+}
+
+impl Layout {
+    /// A layout with its fingerprint.
+    pub fn new(kind: Option<String>, fields: Vec<String>) -> Self {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for name in kind.iter().chain(&fields) {
+            h.update(&(name.len() as u64).to_le_bytes());
+            h.update(name.as_bytes());
+        }
+        h.update(&[u8::from(kind.is_some())]);
+        Layout {
+            kind,
+            fields,
+            fingerprint: h.digest(),
+        }
+    }
 }
 
 /// A range of a record's data buffer, and how a value is stored in a
@@ -179,39 +199,48 @@ impl Record {
         self.data.len() + self.slots.len() * std::mem::size_of::<Slot>()
     }
 
-    /// Feed the record's content (kind, field names, values, key, location)
-    /// to `h` in a canonical, unambiguous encoding: equal records hash
-    /// equal, different records differently.
-    pub fn digest_into(&self, h: &mut impl sha2::Digest) {
-        fn put(h: &mut impl sha2::Digest, tag: u8, bytes: &[u8]) {
-            h.update([tag]);
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        }
+    /// Feed the record's content (layout, values, key, location) to `h` in
+    /// an unambiguous encoding: equal records hash equal, different records
+    /// differently. Used to check that a plugin gives the same records in
+    /// both passes, so it is cheap: the layout goes in as its fingerprint and
+    /// the data buffer in one piece.
+    pub(crate) fn digest_into(&self, h: &mut xxhash_rust::xxh3::Xxh3) {
         let l = self.location;
-        h.update(b"R");
-        for n in [l.ordinal, l.offset, l.length, l.line] {
-            h.update(n.to_le_bytes());
+        let mut head = [0u8; 8 * 6 + 4];
+        for (i, n) in [
+            self.layout.fingerprint,
+            l.ordinal,
+            l.offset,
+            l.length,
+            l.line,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            head[i * 8..i * 8 + 8].copy_from_slice(&n.to_le_bytes());
         }
-        put(h, b'k', self.kind().unwrap_or("").as_bytes());
-        put(h, b'K', self.key().unwrap_or("").as_bytes());
-        for (name, v) in self.fields() {
-            put(h, b'n', name.as_bytes());
-            match v {
-                Value::Null => h.update([b'0']),
-                Value::Bool(b) => h.update([b'b', u8::from(b)]),
-                Value::Int(i) => {
-                    h.update([b'i']);
-                    h.update(i.to_le_bytes());
-                }
-                Value::Float(x) => {
-                    h.update([b'f']);
-                    h.update(x.to_bits().to_le_bytes());
-                }
-                Value::Text(t) => put(h, b't', t.as_bytes()),
-                Value::Bytes(b) => put(h, b'y', b),
-            }
+        let key = self
+            .key
+            .map_or(u64::MAX, |k| u64::from(k.start) << 32 | u64::from(k.len));
+        head[40..48].copy_from_slice(&key.to_le_bytes());
+        head[48..52].copy_from_slice(&(self.slots.len() as u32).to_le_bytes());
+        h.update(&head);
+        for slot in &self.slots {
+            let (tag, payload) = match *slot {
+                Slot::Null => (0u8, 0u64),
+                Slot::Boolean(b) => (1, u64::from(b)),
+                Slot::Integer(i) => (2, i as u64),
+                Slot::Float(x) => (3, x.to_bits()),
+                Slot::Text(s) => (4, u64::from(s.start) << 32 | u64::from(s.len)),
+                Slot::Bytes(s) => (5, u64::from(s.start) << 32 | u64::from(s.len)),
+            };
+            let mut b = [0u8; 9];
+            b[0] = tag;
+            b[1..].copy_from_slice(&payload.to_le_bytes());
+            h.update(&b);
         }
+        h.update(&(self.data.len() as u64).to_le_bytes());
+        h.update(&self.data);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest as _, Sha256};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::engine::EngineConfig;
 use crate::faults;
@@ -315,8 +316,15 @@ impl KeySet {
     }
 }
 
+/// An interval digest as stored in the journal: XXH3-128, hex. Not a
+/// security measure (a plugin controls both passes); it catches a plugin
+/// that gives different items the second time.
+pub(crate) fn digest_hex(h: &Xxh3) -> String {
+    format!("xxh3:{:032x}", h.digest128())
+}
+
 /// Feed an item's content to an interval digest.
-pub(crate) fn digest_item(h: &mut Sha256, item: &Item) {
+pub(crate) fn digest_item(h: &mut Xxh3, item: &Item) {
     match item {
         Item::Record(r) => r.digest_into(h),
         Item::Error(e) | Item::Fatal(e) => {
@@ -331,17 +339,17 @@ pub(crate) fn digest_item(h: &mut Sha256, item: &Item) {
     }
 }
 
-fn digest_error(h: &mut Sha256, e: &RecordError) {
+fn digest_error(h: &mut Xxh3, e: &RecordError) {
     let l = e.location;
     for n in [l.ordinal, l.offset, l.length, l.line] {
-        h.update(n.to_le_bytes());
+        h.update(&n.to_le_bytes());
     }
     for s in [
         e.code.as_str(),
         e.message.as_str(),
         e.field.as_deref().unwrap_or(""),
     ] {
-        h.update((s.len() as u64).to_le_bytes());
+        h.update(&(s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     }
 }
@@ -353,7 +361,7 @@ struct Group {
     last: u64,
     end_offset: u64,
     bytes: u64,
-    digest: Sha256,
+    digest: Xxh3,
     errors: Vec<(u64, ErrorEntry)>,
     counts: Counts,
 }
@@ -366,7 +374,7 @@ impl Group {
             last: first.saturating_sub(1),
             end_offset: 0,
             bytes: 0,
-            digest: Sha256::new(),
+            digest: Xxh3::new(),
             errors: Vec::new(),
             counts: Counts::default(),
         }
@@ -381,11 +389,57 @@ impl Group {
 /// end. Commits every interval.
 pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassError> {
     let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
-    let last = intervals.last();
-    let (mut parse, skip_to) = ctx.open(last)?;
+    let last = intervals.last().cloned();
     let _span = tracing::info_span!("scan", job = ctx.job, part = ctx.part.index).entered();
-    let mut group = Group::new(intervals.len() as u64, last.map_or(1, |i| i.last + 1));
-    let mut offset_before = last.map_or(0, |i| i.end_offset);
+    // Parsing runs on its own thread and hands items over in chunks, so the
+    // plugin keeps one core busy while this thread validates, digests and
+    // commits.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(CHUNKS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let producer = std::thread::Builder::new()
+            .name("sluice-scan-parse".into())
+            .spawn_scoped(scope, || {
+                if let Err(e) = parse_chunks(ctx, last.as_ref(), &tx) {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| PassError::Inconsistent(format!("cannot start the parse thread: {e}")))?;
+        let result = validate_chunks(ctx, keys, &intervals, &rx);
+        // Dropping the receiver stops the producer at its next send.
+        drop(rx);
+        let _ = producer.join();
+        result
+    })
+}
+
+/// Chunks of items waiting to be validated.
+const CHUNKS_IN_FLIGHT: usize = 8;
+/// Items per chunk.
+const CHUNK_ITEMS: usize = 256;
+
+/// What the parse thread sends.
+enum Chunk {
+    Items(Vec<Item>),
+    /// The interval ends after the items sent so far; `resume` is where a
+    /// parse can continue from. `end`: the part ended.
+    Cut {
+        resume: Option<Checkpoint>,
+        end: bool,
+    },
+}
+
+/// Parse the part from where the journal says pass 1 stopped, cutting it
+/// into intervals (by item count and record bytes) with a checkpoint at
+/// each cut.
+fn parse_chunks(
+    ctx: &PartCtx,
+    last: Option<&Interval>,
+    tx: &std::sync::mpsc::SyncSender<Result<Chunk, PassError>>,
+) -> Result<(), PassError> {
+    let (mut parse, skip_to) = ctx.open(last)?;
+    let mut chunk = Vec::with_capacity(CHUNK_ITEMS);
+    let (mut items, mut bytes) = (0u64, 0u64);
+    let send = |c: Chunk| tx.send(Ok(c)).map_err(|_| PassError::Stopped);
     loop {
         if ctx.stopped() {
             return Err(PassError::Stopped);
@@ -401,27 +455,67 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
         }
         let end = matches!(item, Item::End | Item::Fatal(_));
         if !matches!(item, Item::End) {
-            accept(ctx, &mut group, keys, &item)?;
+            items += 1;
+            if let Item::Record(r) = &item {
+                bytes += r.size_bytes() as u64;
+            }
+            chunk.push(item);
         }
-        if group.counts.scanned == ctx.config.interval_items / 2 {
-            faults::point("scan.mid-interval");
+        let full = items >= ctx.config.interval_items || bytes >= ctx.config.interval_bytes;
+        if chunk.len() == CHUNK_ITEMS || full || end {
+            send(Chunk::Items(std::mem::replace(
+                &mut chunk,
+                Vec::with_capacity(CHUNK_ITEMS),
+            )))?;
         }
-        let full = group.counts.scanned >= ctx.config.interval_items
-            || group.bytes >= ctx.config.interval_bytes;
         if full || end {
             let resume = if end { None } else { parse.checkpoint()? };
-            let scanned_to = group.end_offset.max(offset_before);
-            commit(
-                ctx,
-                &mut group,
-                keys,
-                resume,
-                end,
-                scanned_to - offset_before,
-            )?;
-            offset_before = scanned_to;
+            send(Chunk::Cut { resume, end })?;
+            (items, bytes) = (0, 0);
             if end {
                 return Ok(());
+            }
+        }
+    }
+}
+
+/// Validate the items the parse thread sends and commit each interval.
+fn validate_chunks(
+    ctx: &PartCtx,
+    keys: &mut KeySet,
+    intervals: &[Interval],
+    rx: &std::sync::mpsc::Receiver<Result<Chunk, PassError>>,
+) -> Result<(), PassError> {
+    let last = intervals.last();
+    let mut group = Group::new(intervals.len() as u64, last.map_or(1, |i| i.last + 1));
+    let mut offset_before = last.map_or(0, |i| i.end_offset);
+    loop {
+        let Ok(chunk) = rx.recv() else {
+            return Err(PassError::Stopped);
+        };
+        match chunk? {
+            Chunk::Items(items) => {
+                for item in &items {
+                    accept(ctx, &mut group, keys, item)?;
+                    if group.counts.scanned == ctx.config.interval_items / 2 {
+                        faults::point("scan.mid-interval");
+                    }
+                }
+            }
+            Chunk::Cut { resume, end } => {
+                let scanned_to = group.end_offset.max(offset_before);
+                commit(
+                    ctx,
+                    &mut group,
+                    keys,
+                    resume,
+                    end,
+                    scanned_to - offset_before,
+                )?;
+                offset_before = scanned_to;
+                if end {
+                    return Ok(());
+                }
             }
         }
     }
@@ -510,7 +604,7 @@ fn commit(
         first: finished.first,
         last: finished.last,
         end_offset: finished.end_offset,
-        digest: hex::encode(std::mem::take(&mut finished.digest).finalize()),
+        digest: digest_hex(&finished.digest),
         resume,
     });
     let run = keys.pending_run();

@@ -32,6 +32,8 @@ pub fn normalize(target: Option<&str>) -> Result<String, String> {
         if !abs.is_file() {
             return Err(format!("mapping file {} does not exist", abs.display()));
         }
+        // Refuse a broken mapping before a job exists, not when it applies.
+        crate::sink::http::HttpSink::from_file(&abs)?;
         return Ok(abs.display().to_string());
     }
     Err("use `embedded`, a postgres:// URL, or an HTTP mapping file (.toml)".into())

@@ -324,10 +324,7 @@ impl Parse {
         if let Some(dup) = l.fields.iter().find(|f| !seen.insert(f.as_str())) {
             return Err(self.invalid("next", format!("a layout names the field {dup:?} twice")));
         }
-        self.layouts.push(Arc::new(Layout {
-            kind: l.kind,
-            fields: l.fields,
-        }));
+        self.layouts.push(Arc::new(Layout::new(l.kind, l.fields)));
         Ok(())
     }
 

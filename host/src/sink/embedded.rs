@@ -302,16 +302,20 @@ impl EmbeddedStore {
                     .map_err(|e| io(&e))?
                     .map(|v| v.value().to_vec());
                 let at = (batch.job, batch.part, item.ordinal);
-                if history.get(at).map_err(|e| io(&e))?.is_none() {
-                    let entry = History {
-                        tenant: &batch.tenant,
-                        kind: &item.kind,
-                        key: &item.key,
-                        before: before.as_deref(),
-                    };
-                    history
-                        .insert(at, entry.encode().as_slice())
-                        .map_err(|e| io(&e))?;
+                let entry = History {
+                    tenant: &batch.tenant,
+                    kind: &item.kind,
+                    key: &item.key,
+                    before: before.as_deref(),
+                };
+                // One lookup, not two: insert, and on a replay put the first
+                // (true) before-image back.
+                let replaced = history
+                    .insert(at, entry.encode().as_slice())
+                    .map_err(|e| io(&e))?
+                    .map(|v| v.value().to_vec());
+                if let Some(first) = replaced {
+                    history.insert(at, first.as_slice()).map_err(|e| io(&e))?;
                 }
             }
             if let Some(last) = batch.items.last() {
