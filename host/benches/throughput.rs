@@ -65,18 +65,39 @@ fn main() {
     if want("import") {
         let import = measure("import", &file);
         report(
-            "import end to end (both passes, journal, store)",
+            "import end to end, --key (both passes, journal, store)",
             &import,
             &baseline,
         );
+        phases(&import);
+        let plain = measure("import-nokey", &file);
+        report("import end to end, keys from positions", &plain, &baseline);
+        phases(&plain);
         let big_file = generate(rows * big);
+        let big_plain = measure("import-nokey", &big_file);
+        report(
+            &format!("import, keys from positions, {big}x the rows"),
+            &big_plain,
+            &baseline,
+        );
         let big_import = measure("import", &big_file);
         report(
-            &format!("import end to end, {big}x the rows"),
+            &format!("import, --key, {big}x the rows"),
             &big_import,
             &baseline,
         );
     }
+}
+
+/// How long each phase of an import took.
+fn phases(v: &Value) {
+    println!(
+        "{:<50} spool {:.2} s, validate {:.2} s, apply {:.2} s",
+        "  phases",
+        v["spool_secs"].as_f64().unwrap_or(0.0),
+        v["validate_secs"].as_f64().unwrap_or(0.0),
+        v["apply_secs"].as_f64().unwrap_or(0.0)
+    );
 }
 
 fn flag(args: &[String], name: &str) -> Option<usize> {
@@ -191,7 +212,7 @@ fn child(path: &str, file: &Path) {
             }
             return print_child(n, started, path);
         }
-        "import" => {
+        "import" | "import-nokey" => {
             let dir = tempfile::tempdir().unwrap();
             let engine =
                 sluice::engine::Engine::open(dir.path(), sluice::engine::EngineConfig::default())
@@ -206,14 +227,27 @@ fn child(path: &str, file: &Path) {
                 let req = sluice::engine::ImportRequest {
                     source: file.display().to_string(),
                     tenant: "bench".into(),
-                    key: Some("key".into()),
+                    key: (path == "import").then(|| "key".into()),
                     ..Default::default()
                 };
                 let id = engine.submit(req, input).await.unwrap().job();
                 engine.run(id).await.unwrap()
             });
             assert_eq!(job.counts.failed + job.counts.rejected, 0, "{job:?}");
-            return print_child(job.counts.applied, started, path);
+            let t = &job.times;
+            let secs = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1000.0,
+                _ => 0.0,
+            };
+            let total = started.elapsed().as_secs_f64();
+            let v = json!({"path": path, "records": job.counts.applied, "secs": total,
+                "peak_rss_kib": peak_rss_kib(),
+                "spool_secs": secs(Some(t.created), t.scan_started).min(total),
+                "validate_secs": secs(t.scan_started, t.scan_finished),
+                "apply_secs": secs(t.apply_started, t.finished)});
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{v}").unwrap();
+            return;
         }
         other => panic!("unknown path {other}"),
     };

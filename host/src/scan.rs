@@ -111,7 +111,10 @@ impl PartCtx {
                     return Identity::Valid {
                         kind,
                         key: format!(
-                            "{}-{}-{}",
+                            // Zero-padded so keys sort in input order: the
+                            // store then appends instead of inserting at
+                            // random places.
+                            "{}-{}-{:012}",
                             &self.upload_digest[..16.min(self.upload_digest.len())],
                             self.part.index,
                             l.ordinal
@@ -216,20 +219,62 @@ fn key_hash(kind: &str, key: &str) -> [u8; 16] {
 /// The keys a job's records claimed so far, for finding duplicates in pass
 /// 1 without a disk lookup per record.
 ///
-/// Committed keys live in the journal as one sorted run per interval; in
-/// memory, each key's first 8 hash bytes point to its run (about 16 bytes a
-/// key). A fingerprint hit is confirmed against the run itself, so the check
-/// is exact. After a crash the set is rebuilt from the committed runs.
+/// Committed keys live in the journal as one sorted run per interval. In
+/// memory each key costs 12 bytes: its hash's first 8 bytes and the index of
+/// its run, kept in sorted segments merged like a binary counter (so adding
+/// a run is amortised O(log n) per key and a lookup is a binary search per
+/// segment). A hit is confirmed against the run itself, so the check is
+/// exact. After a crash the set is rebuilt from the committed runs.
 pub(crate) struct KeySet {
-    first: std::collections::HashMap<u64, u32>,
+    /// Sorted segments of (fingerprint, run index), largest first.
+    segments: Vec<Segment>,
     /// `(part, interval)` of each run, by index.
     runs: Vec<(u32, u64)>,
-    /// Keys whose fingerprint another key has (vanishingly rare).
-    overflow: std::collections::HashMap<[u8; 16], (u64, u64)>,
     /// Keys of the interval being built.
     pending: std::collections::HashMap<[u8; 16], (u64, u64)>,
     /// The last run read to confirm a hit.
     cached: Option<(u32, crate::journal::KeyRun)>,
+}
+
+/// Fingerprints sorted ascending, with their run indices alongside.
+#[derive(Default)]
+struct Segment {
+    fingerprints: Vec<u64>,
+    runs: Vec<u32>,
+}
+
+impl Segment {
+    /// Run indices of the entries with fingerprint `fp`.
+    fn lookup(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
+        let start = self.fingerprints.partition_point(|&f| f < fp);
+        self.fingerprints[start..]
+            .iter()
+            .take_while(move |&&f| f == fp)
+            .zip(&self.runs[start..])
+            .map(|(_, &r)| r)
+    }
+
+    fn len(&self) -> usize {
+        self.fingerprints.len()
+    }
+
+    /// Merge two sorted segments.
+    fn merge(a: Segment, b: Segment) -> Segment {
+        let n = a.len() + b.len();
+        let mut out = Segment {
+            fingerprints: Vec::with_capacity(n),
+            runs: Vec::with_capacity(n),
+        };
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let take_a = j == b.len() || (i < a.len() && a.fingerprints[i] <= b.fingerprints[j]);
+            let (src, k) = if take_a { (&a, &mut i) } else { (&b, &mut j) };
+            out.fingerprints.push(src.fingerprints[*k]);
+            out.runs.push(src.runs[*k]);
+            *k += 1;
+        }
+        out
+    }
 }
 
 fn fingerprint(hash: &[u8; 16]) -> u64 {
@@ -240,31 +285,42 @@ impl KeySet {
     /// The keys `job` claimed in the intervals committed so far.
     pub fn load(journal: &Journal, job: JobId) -> Result<Self, PassError> {
         let mut set = KeySet {
-            first: std::collections::HashMap::new(),
+            segments: Vec::new(),
             runs: Vec::new(),
-            overflow: std::collections::HashMap::new(),
             pending: std::collections::HashMap::new(),
             cached: None,
         };
         journal.for_each_key_run(job, |part, seq, run| {
-            let index = set.runs.len() as u32;
-            set.runs.push((part, seq));
-            for (hash, ordinal, line) in run.entries() {
-                set.index(hash, index, (ordinal, line));
-            }
+            let hashes: Vec<[u8; 16]> = run.entries().map(|(h, _, _)| h).collect();
+            set.add_run(part, seq, &hashes);
         })?;
         Ok(set)
     }
 
-    fn index(&mut self, hash: [u8; 16], run: u32, first_claim: (u64, u64)) {
-        match self.first.entry(fingerprint(&hash)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(run);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(hash, first_claim);
-            }
+    /// Index a committed run's hashes.
+    fn add_run(&mut self, part: u32, seq: u64, hashes: &[[u8; 16]]) {
+        if hashes.is_empty() {
+            return;
         }
+        let index = self.runs.len() as u32;
+        self.runs.push((part, seq));
+        let mut fingerprints: Vec<u64> = hashes.iter().map(fingerprint).collect();
+        fingerprints.sort_unstable();
+        let mut segment = Segment {
+            runs: vec![index; fingerprints.len()],
+            fingerprints,
+        };
+        // Merge while the last segment is no larger than the new one: the
+        // segments stay sorted by decreasing size, about log2(n) of them.
+        while self
+            .segments
+            .last()
+            .is_some_and(|s| s.len() <= segment.len())
+        {
+            let last = self.segments.pop().expect("checked");
+            segment = Segment::merge(last, segment);
+        }
+        self.segments.push(segment);
     }
 
     /// Claim `hash` for record `(ordinal, line)`: `None` if it was free,
@@ -276,10 +332,12 @@ impl KeySet {
         hash: [u8; 16],
         at: (u64, u64),
     ) -> Result<Option<(u64, u64)>, PassError> {
-        if let Some(first) = self.pending.get(&hash).or_else(|| self.overflow.get(&hash)) {
+        if let Some(first) = self.pending.get(&hash) {
             return Ok(Some(*first));
         }
-        if let Some(&run) = self.first.get(&fingerprint(&hash)) {
+        let fp = fingerprint(&hash);
+        let candidates: Vec<u32> = self.segments.iter().flat_map(|s| s.lookup(fp)).collect();
+        for run in candidates {
             if self.cached.as_ref().is_none_or(|(i, _)| *i != run) {
                 let (part, seq) = self.runs[run as usize];
                 self.cached = Some((run, journal.key_run(job, part, seq)?));
@@ -305,16 +363,11 @@ impl KeySet {
 
     /// The interval was committed as run `(part, seq)`.
     pub fn committed(&mut self, part: u32, seq: u64) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let index = self.runs.len() as u32;
-        self.runs.push((part, seq));
-        for (hash, at) in std::mem::take(&mut self.pending) {
-            self.index(hash, index, at);
-        }
+        let hashes: Vec<[u8; 16]> = std::mem::take(&mut self.pending).into_keys().collect();
+        self.add_run(part, seq, &hashes);
     }
 }
+
 
 /// An interval digest as stored in the journal: XXH3-128, hex. Not a
 /// security measure (a plugin controls both passes); it catches a plugin
@@ -647,4 +700,38 @@ fn commit(
     keys.committed(part_index, finished.seq);
     faults::point("scan.after-commit");
     Ok(())
+}
+
+#[cfg(test)]
+mod key_set_tests {
+    use super::*;
+
+    #[test]
+    fn segments_merge_and_find_every_key() {
+        let mut set = KeySet {
+            segments: Vec::new(),
+            runs: Vec::new(),
+            pending: Default::default(),
+            cached: None,
+        };
+        let hash = |i: u64| -> [u8; 16] {
+            let mut h = [0u8; 16];
+            h[..8].copy_from_slice(&(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
+            h
+        };
+        for run in 0..37u64 {
+            let hashes: Vec<_> = (run * 100..run * 100 + 100).map(hash).collect();
+            set.add_run(0, run, &hashes);
+        }
+        assert!(set.segments.len() <= 7, "{} segments", set.segments.len());
+        for i in 0..3700u64 {
+            let runs: Vec<u32> = set
+                .segments
+                .iter()
+                .flat_map(|s| s.lookup(fingerprint(&hash(i))))
+                .collect();
+            assert_eq!(runs, [(i / 100) as u32], "key {i}");
+        }
+        assert!(set.segments.iter().all(|s| s.fingerprints.is_sorted()));
+    }
 }
