@@ -368,7 +368,6 @@ impl KeySet {
     }
 }
 
-
 /// An interval digest as stored in the journal: XXH3-128, hex. Not a
 /// security measure (a plugin controls both passes); it catches a plugin
 /// that gives different items the second time.
