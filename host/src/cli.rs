@@ -686,6 +686,9 @@ fn job_json(engine: &Engine, j: &JobRecord) -> Result<Json, Failure> {
             "plugin": p.plugin.name, "version": p.plugin.version, "digest": p.plugin.digest})).collect::<Vec<_>>(),
         "progress": Progress::of(j), "error": j.error, "cancel_requested": j.cancel_requested,
         "target": j.target, "retry": j.retry, "undo": j.undo_counts, "leftovers": j.leftovers,
+        "failures_by_class": failures_by_class(engine, j.id)?.into_iter()
+            .map(|(class, (n, min, max))| (class, json!({"records": n, "min_attempts": min, "max_attempts": max})))
+            .collect::<serde_json::Map<_, _>>(),
     }))
 }
 
@@ -758,6 +761,18 @@ fn show_job(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Resu
             writeln!(out, "    {n:>9}  {code}")?;
         }
     }
+    let failures = failures_by_class(engine, id)?;
+    if !failures.is_empty() {
+        writeln!(out, "  failed records by class (records, attempts each)")?;
+        for (class, (n, min, max)) in &failures {
+            let attempts = if min == max {
+                min.to_string()
+            } else {
+                format!("{min}-{max}")
+            };
+            writeln!(out, "    {n:>9}  {class}, {attempts} attempts")?;
+        }
+    }
     if !j.undo_counts.is_empty() {
         let counts: Vec<String> = j
             .undo_counts
@@ -773,6 +788,25 @@ fn show_job(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Resu
         writeln!(out, "  error      {e}")?;
     }
     Ok(EXIT_OK)
+}
+
+/// Records the target refused, by failure class: (count, fewest and most
+/// attempts).
+fn failures_by_class(
+    engine: &Engine,
+    id: JobId,
+) -> Result<std::collections::BTreeMap<String, (u64, u32, u32)>, Failure> {
+    let mut by_class = std::collections::BTreeMap::new();
+    engine.journal().for_each_error(id, |_, _, e| {
+        if let Some(class) = e.class {
+            let entry = by_class.entry(class).or_insert((0u64, u32::MAX, 0u32));
+            entry.0 += 1;
+            entry.1 = entry.1.min(e.attempts);
+            entry.2 = entry.2.max(e.attempts);
+        }
+        Ok(())
+    })?;
+    Ok(by_class)
 }
 
 fn write_errors(

@@ -2,6 +2,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use sluice::engine::{Engine, EngineConfig, EngineError, ImportRequest, Submitted};
@@ -153,4 +154,39 @@ pub fn csv_rows(n: usize, bad_every: usize) -> Vec<u8> {
         }
     }
     s.into_bytes()
+}
+
+/// A `sluice` child process on `data` with group commits of `interval`
+/// items, quiet, with no crash point unless the caller sets one.
+pub fn sluice_cmd(data: &Path, interval: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.arg("--data-dir")
+        .arg(data)
+        .env("SLUICE_INTERVAL_ITEMS", interval)
+        .env_remove("SLUICE_CRASH_AT")
+        .env("SLUICE_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Run a child to its end.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("sluice runs")
+}
+
+/// A fresh data directory seeded with the shared compiled-component cache,
+/// so each child does not recompile the bundled plugins.
+pub fn fresh_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    if let Ok(entries) = std::fs::read_dir(shared_cache()) {
+        for e in entries.flatten() {
+            let _ = std::fs::hard_link(e.path(), cache.join(e.file_name()))
+                .or_else(|_| std::fs::copy(e.path(), cache.join(e.file_name())).map(|_| ()));
+        }
+    }
+    dir
 }

@@ -11,42 +11,18 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::common::{csv_rows, shared_cache};
+use crate::common::{csv_rows, fresh_data_dir, run, sluice_cmd};
 
 const ROWS: usize = 3_000;
 const INTERVAL: &str = "250";
 
 fn sluice(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.arg("--data-dir")
-        .arg(data)
-        .env("SLUICE_INTERVAL_ITEMS", INTERVAL)
-        .env_remove("SLUICE_CRASH_AT")
-        .env("SLUICE_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// Seed a fresh data directory with the shared compiled-component cache so
-/// each child does not recompile the bundled plugins.
-fn fresh_data_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    if let Ok(entries) = std::fs::read_dir(shared_cache()) {
-        for e in entries.flatten() {
-            let _ = std::fs::hard_link(e.path(), cache.join(e.file_name()))
-                .or_else(|_| std::fs::copy(e.path(), cache.join(e.file_name())).map(|_| ()));
-        }
-    }
-    dir
+    sluice_cmd(data, INTERVAL)
 }
 
 fn input_file() -> PathBuf {
@@ -56,10 +32,6 @@ fn input_file() -> PathBuf {
         std::fs::write(&path, content).unwrap();
     }
     path
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("sluice runs")
 }
 
 fn import(data: &Path, input: &Path) -> Command {
@@ -209,30 +181,34 @@ const IMPORT_POINTS: &[&str] = &[
     "job.before-spool-cleanup",
 ];
 
-#[test]
-fn killed_at_every_crash_point_recovery_loses_and_duplicates_nothing() {
-    let input = input_file();
-    reference(&input);
+/// Kill an import of `input` at every occurrence of each point, one step
+/// further each run, until the import gets past the point's last occurrence
+/// (as SQLite's crash tests do); recover and check each time. Returns how
+/// many runs were killed.
+fn crash_at_every_occurrence(input: &Path, points: &[&str]) -> usize {
+    reference(input);
     let mut crashes = 0;
-    for point in IMPORT_POINTS {
-        // Every occurrence of the point, one step further each run, until
-        // the import gets past its last one (as SQLite's crash tests do).
-        let mut nth = 1;
-        loop {
+    for point in points {
+        for nth in 1.. {
             let dir = fresh_data_dir();
             let spec = format!("{point}:{nth}");
-            let out = run(import(dir.path(), &input).env("SLUICE_CRASH_AT", &spec));
+            let out = run(import(dir.path(), input).env("SLUICE_CRASH_AT", &spec));
             let crashed = out.status.signal() == Some(9);
             assert!(crashed || out.status.code() == Some(3), "{spec}: {out:?}");
-            recover_and_check(dir.path(), &input, &spec, None);
+            recover_and_check(dir.path(), input, &spec, None);
             if !crashed {
                 assert!(nth > 1, "{point} is never reached");
                 break;
             }
             crashes += 1;
-            nth += 1;
         }
     }
+    crashes
+}
+
+#[test]
+fn killed_at_every_crash_point_recovery_loses_and_duplicates_nothing() {
+    let crashes = crash_at_every_occurrence(&input_file(), IMPORT_POINTS);
     eprintln!(
         "crash points: {crashes} SIGKILLed imports at {} points recovered",
         IMPORT_POINTS.len()
@@ -270,25 +246,8 @@ fn zip_input() -> PathBuf {
 
 #[test]
 fn killed_while_expanding_a_zip_recovery_loses_and_duplicates_nothing() {
-    let input = zip_input();
-    reference(&input);
-    let mut crashes = 0;
-    for point in ["zip.mid-entry", "zip.before-crc-check", "zip.after-entry"] {
-        let mut nth = 1;
-        loop {
-            let dir = fresh_data_dir();
-            let spec = format!("{point}:{nth}");
-            let out = run(import(dir.path(), &input).env("SLUICE_CRASH_AT", &spec));
-            let crashed = out.status.signal() == Some(9);
-            assert!(crashed || out.status.code() == Some(3), "{spec}: {out:?}");
-            recover_and_check(dir.path(), &input, &spec, None);
-            if !crashed {
-                break;
-            }
-            crashes += 1;
-            nth += 1;
-        }
-    }
+    let points = ["zip.mid-entry", "zip.before-crc-check", "zip.after-entry"];
+    let crashes = crash_at_every_occurrence(&zip_input(), &points);
     eprintln!("zip crash points: {crashes} SIGKILLed imports recovered");
     assert!(crashes >= 9, "{crashes}");
 }

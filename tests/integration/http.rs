@@ -10,14 +10,14 @@ mod server;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 use sluice::journal::{ErrorEntry, JobState};
 use sluice::sink::UndoAction;
 
-use crate::common::{Fixture, shared_cache};
+use crate::common::{Fixture, fresh_data_dir, run, sluice_cmd};
 use server::{Faults, Server};
 
 /// One customer row: key, name, contact emails (up to three).
@@ -477,34 +477,7 @@ fn undo_removes_what_the_import_created_restores_what_it_replaced_and_keeps_what
 // Crashes in a real child process.
 
 fn sluice(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.arg("--data-dir")
-        .arg(data)
-        .env("SLUICE_INTERVAL_ITEMS", "4")
-        .env_remove("SLUICE_CRASH_AT")
-        .env("SLUICE_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-/// A data directory seeded with the compiled-component cache.
-fn fresh_data_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    if let Ok(entries) = std::fs::read_dir(shared_cache()) {
-        for e in entries.flatten() {
-            let _ = std::fs::hard_link(e.path(), cache.join(e.file_name()))
-                .or_else(|_| std::fs::copy(e.path(), cache.join(e.file_name())).map(|_| ()));
-        }
-    }
-    dir
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("sluice runs")
+    sluice_cmd(data, "4")
 }
 
 fn jobs(data: &Path) -> Vec<Json> {

@@ -8,7 +8,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -17,7 +17,7 @@ use sluice::sink::postgres::{PgSink, identifier, redact};
 use sluice::sink::{Ledger, Sink, SinkError, StepRecord, UndoAction, UndoScope};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-use crate::common::{Fixture, csv_rows, shared_cache};
+use crate::common::{Fixture, csv_rows, fresh_data_dir, run, sluice_cmd};
 
 const SKIP: &str = "PostgreSQL tests skipped: set \
                     SLUICE_TEST_POSTGRES_URL=postgres://user@127.0.0.1:PORT/db to run them";
@@ -809,33 +809,7 @@ fn compensation_undoes_only_what_the_journal_never_recorded() {
 const CRASH_ROWS: usize = 1_100;
 
 fn sluice(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.arg("--data-dir")
-        .arg(data)
-        .env("SLUICE_INTERVAL_ITEMS", "250")
-        .env_remove("SLUICE_CRASH_AT")
-        .env("SLUICE_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("sluice runs")
-}
-
-fn fresh_data_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    std::fs::create_dir_all(&cache).unwrap();
-    if let Ok(entries) = std::fs::read_dir(shared_cache()) {
-        for e in entries.flatten() {
-            let _ = std::fs::hard_link(e.path(), cache.join(e.file_name()))
-                .or_else(|_| std::fs::copy(e.path(), cache.join(e.file_name())).map(|_| ()));
-        }
-    }
-    dir
+    sluice_cmd(data, "250")
 }
 
 /// `rows.csv`: records of kind `rows`.
