@@ -234,6 +234,14 @@ pub fn data_dir(given: Option<PathBuf>) -> PathBuf {
 
 /// Parse `args`, run the command, return the exit code. Errors go to stderr.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> u8 {
+    // Like other Unix tools, end quietly when the reader of our output goes
+    // away (`sluice store export | head`), instead of reporting a write
+    // error.
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up,
+    // before any thread is spawned, has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
