@@ -118,6 +118,19 @@ impl Fixture {
         String::from_utf8(out).unwrap()
     }
 
+    /// The job's rejected and failed records, with their ordinals.
+    pub fn errors(&self, job: u64) -> Vec<(u64, sluice::journal::ErrorEntry)> {
+        let mut out = Vec::new();
+        self.engine
+            .journal()
+            .for_each_error(job, |_, ordinal, e| {
+                out.push((ordinal, e));
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
     /// Files left in the spool, temporary ones included.
     pub fn spool_files(&self) -> Vec<String> {
         let mut f = self.engine.spool().files().unwrap();
@@ -189,4 +202,19 @@ pub fn fresh_data_dir() -> tempfile::TempDir {
         }
     }
     dir
+}
+
+/// `sluice jobs --json` run by `cmd` (a `sluice_cmd` on some data directory).
+pub fn jobs_of(cmd: &mut Command) -> Vec<serde_json::Value> {
+    let out = run(cmd.args(["jobs", "--json"]));
+    assert!(
+        out.status.success(),
+        "jobs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::common::{csv_rows, fresh_data_dir, run, sluice_cmd};
+use crate::common::{csv_rows, fresh_data_dir, jobs_of, run, sluice_cmd};
 
 const ROWS: usize = 3_000;
 const INTERVAL: &str = "250";
@@ -51,17 +51,7 @@ fn export(data: &Path) -> String {
 }
 
 fn jobs(data: &Path) -> Vec<Value> {
-    let out = run(sluice(data).args(["jobs", "--json"]));
-    assert!(
-        out.status.success(),
-        "jobs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    jobs_of(&mut sluice(data))
 }
 
 fn spool_debris(data: &Path) -> Vec<String> {

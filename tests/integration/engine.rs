@@ -12,18 +12,6 @@ use sluice::spool::RealFs;
 
 use crate::common::{Fixture, csv_rows, test_config};
 
-fn errors(f: &Fixture, job: u64) -> Vec<(u64, sluice::journal::ErrorEntry)> {
-    let mut out = Vec::new();
-    f.engine
-        .journal()
-        .for_each_error(job, |_, ordinal, e| {
-            out.push((ordinal, e));
-            Ok(())
-        })
-        .unwrap();
-    out
-}
-
 #[test]
 fn bad_records_are_isolated_and_reported_with_their_text() {
     let f = Fixture::new(4);
@@ -44,7 +32,7 @@ fn bad_records_are_isolated_and_reported_with_their_text() {
             "\n"
         )
     );
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     assert_eq!(errs.len(), 2);
     let (ordinal, ragged) = &errs[0];
     assert_eq!((*ordinal, ragged.line, ragged.offset), (2, 3, 26));
@@ -126,9 +114,9 @@ fn key_field_problems_are_validation_errors() {
     let f = Fixture::new(10);
     let job = f.import("k.csv", b"id,v\n,a\n2,b\n", |r| r.key = Some("id".into()));
     assert_eq!((job.counts.rejected, job.counts.applied), (1, 1));
-    assert_eq!(errors(&f, job.id)[0].1.code, "empty-key");
+    assert_eq!(f.errors(job.id)[0].1.code, "empty-key");
     let job = f.import("k2.csv", b"a,b\n1,2\n", |r| r.key = Some("nope".into()));
-    let e = &errors(&f, job.id)[0].1;
+    let e = &f.errors(job.id)[0].1;
     assert_eq!(e.code, "missing-key-field");
     assert!(e.message.contains("its fields: a, b"), "{}", e.message);
 }
@@ -295,7 +283,7 @@ fn a_record_the_target_refuses_fails_alone() {
     let job = f.import("rows.csv", &csv_rows(10, 0), |r| r.key = Some("id".into()));
     assert_eq!(job.state, JobState::Completed);
     assert_eq!((job.counts.applied, job.counts.failed), (9, 1));
-    let e = &errors(&f, job.id)[0];
+    let e = &f.errors(job.id)[0];
     assert_eq!(
         (e.0, e.1.stage, e.1.code.as_str()),
         (5, Stage::Apply, "constraint")

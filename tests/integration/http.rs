@@ -14,10 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use sluice::journal::{ErrorEntry, JobState};
+use sluice::journal::JobState;
 use sluice::sink::UndoAction;
 
-use crate::common::{Fixture, fresh_data_dir, run, sluice_cmd};
+use crate::common::{Fixture, fresh_data_dir, jobs_of, run, sluice_cmd};
 use server::{Faults, Server};
 
 /// One customer row: key, name, contact emails (up to three).
@@ -150,18 +150,6 @@ fn expected(rows: &[Customer]) -> BTreeMap<String, (String, BTreeSet<String>)> {
         .collect()
 }
 
-fn errors(f: &Fixture, job: u64) -> Vec<(u64, ErrorEntry)> {
-    let mut out = Vec::new();
-    f.engine
-        .journal()
-        .for_each_error(job, |_, ordinal, e| {
-            out.push((ordinal, e));
-            Ok(())
-        })
-        .unwrap();
-    out
-}
-
 fn import(f: &Fixture, mapping: &Path, rows: &[Customer]) -> sluice::journal::JobRecord {
     f.import("customers.csv", &csv(rows), |r| {
         r.key = Some("id".into());
@@ -218,12 +206,12 @@ fn transient_503s_and_timeouts_are_retried_without_duplicates() {
     let map = mapping(f.dir.path(), "customers-post.toml", &server, FAST);
     let rows = customers(8);
     let job = import(&f, &map, &rows);
-    assert_eq!(job.state, JobState::Completed, "{:?}", errors(&f, job.id));
+    assert_eq!(job.state, JobState::Completed, "{:?}", f.errors(job.id));
     assert_eq!(
         (job.counts.applied, job.counts.failed),
         (8, 0),
         "{:?}",
-        errors(&f, job.id)
+        f.errors(job.id)
     );
     assert_eq!(holdings(&server), expected(&rows));
     assert_keys(&server);
@@ -278,7 +266,7 @@ fn a_failing_child_create_takes_back_the_parent_and_earlier_children() {
         "{deletes:?}"
     );
     assert_eq!(deletes[1], "/customers/C-2");
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     assert_eq!(errs.len(), 1);
     let (ordinal, e) = &errs[0];
     assert_eq!(
@@ -331,7 +319,7 @@ fn permanent_refusals_are_not_retried_and_are_reported() {
             .count()
     };
     assert_eq!((tried("C-2"), tried("C-4")), (1, 1));
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     let codes: Vec<_> = errs
         .iter()
         .map(|(o, e)| (*o, e.code.as_str(), e.class.as_deref(), e.attempts))
@@ -386,7 +374,7 @@ fn an_unreachable_api_fails_the_batch_as_transient() {
         .job();
     let job = f.run(id).unwrap();
     assert_eq!((job.counts.applied, job.counts.failed), (0, 3));
-    let errs = errors(&f, id);
+    let errs = f.errors(id);
     assert!(
         errs.iter()
             .all(|(_, e)| e.code == "target-unavailable" && e.attempts == 2),
@@ -481,17 +469,7 @@ fn sluice(data: &Path) -> Command {
 }
 
 fn jobs(data: &Path) -> Vec<Json> {
-    let out = run(sluice(data).args(["jobs", "--json"]));
-    assert!(
-        out.status.success(),
-        "jobs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    jobs_of(&mut sluice(data))
 }
 
 /// Rows for the crash tests: C-6's third contact is refused, so one record
@@ -624,7 +602,7 @@ fn a_compensation_that_cannot_succeed_is_reported_never_silent() {
     // record's failure says so, naming them.
     let held = holdings(&server);
     assert_eq!(held["C-1"].1.len(), 1, "{held:?}");
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     let m = &errs[0].1.message;
     assert!(
         m.contains("LEFTOVER") && m.contains("could not be deleted") && m.contains("HTTP 403"),

@@ -128,18 +128,6 @@ impl Drop for Pg {
     }
 }
 
-fn errors(f: &Fixture, job: u64) -> Vec<(u64, sluice::journal::ErrorEntry)> {
-    let mut out = Vec::new();
-    f.engine
-        .journal()
-        .for_each_error(job, |_, ordinal, e| {
-            out.push((ordinal, e));
-            Ok(())
-        })
-        .unwrap();
-    out
-}
-
 /// `url` with `password` set, unless it has one.
 fn with_password(url: &str, password: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap();
@@ -337,7 +325,7 @@ fn records_the_database_refuses_fail_alone_and_the_rest_commits() {
         (job.counts.applied, job.counts.failed),
         (100 - failed, failed)
     );
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     assert_eq!(errs.len() as u64, failed);
     for (ordinal, e) in &errs {
         assert_eq!(e.stage, Stage::Apply);
@@ -412,7 +400,7 @@ fn typed_columns_take_converted_values_and_reject_what_does_not_convert() {
         r.target = Some(pg.url.clone());
     });
     assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     let codes: Vec<(&str, &str)> = errs
         .iter()
         .map(|(_, e)| (&e.record[..1], e.code.as_str()))
@@ -494,7 +482,7 @@ fn a_table_that_does_not_fit_fails_its_records_naming_the_column() {
     });
     assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
     assert_eq!((job.counts.applied, job.counts.failed), (0, 10));
-    let errs = errors(&f, job.id);
+    let errs = f.errors(job.id);
     assert_eq!(errs.len(), 10);
     let e = &errs[0].1;
     assert_eq!(
@@ -529,7 +517,7 @@ fn a_table_that_does_not_fit_fails_its_records_naming_the_column() {
         r.key = Some("id".into());
         r.target = Some(pg.url.clone());
     });
-    let e = &errors(&f, job.id)[0].1;
+    let e = &f.errors(job.id)[0].1;
     assert!(
         e.message
             .contains("unique constraint on exactly (tenant, key)")
@@ -587,7 +575,7 @@ fn connections_killed_mid_import_are_retried_and_every_row_lands_once() {
             (job.counts.applied, job.counts.failed),
             (ROWS as u64, 0),
             "{:?}",
-            errors(&f, job.id).first()
+            f.errors(job.id).first()
         );
         killing.join().unwrap()
     });
