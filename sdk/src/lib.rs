@@ -120,6 +120,9 @@ pub mod codes {
     pub const LIMIT_EXCEEDED: &str = "limit-exceeded";
     /// A value that does not fit its field's declared type.
     pub const BAD_VALUE: &str = "bad-value";
+    /// Input in an encoding the adapter does not read (UTF-16, Latin-1 ...);
+    /// the message says to convert to UTF-8.
+    pub const UNSUPPORTED_ENCODING: &str = "unsupported-encoding";
 }
 
 /// Export an [`Adapter`] as the component's `sluice:adapter/parse`

@@ -83,7 +83,7 @@ pub const LIMIT_BYTES_CEILING: usize = 1 << 30;
 pub const LIMIT_COLUMNS_CEILING: usize = 1 << 20;
 
 /// Code of the fatal error for UTF-16 and UTF-32 input.
-pub const UNSUPPORTED_ENCODING: &str = "unsupported-encoding";
+pub const UNSUPPORTED_ENCODING: &str = sluice_sdk::codes::UNSUPPORTED_ENCODING;
 
 const STATE_VERSION: u64 = 1;
 /// Where an over-limit record's bytes go while it is scanned to its end.

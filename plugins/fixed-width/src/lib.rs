@@ -16,7 +16,7 @@ pub const MAX_LINE_BYTES_CEILING: usize = 1 << 30;
 
 /// Code of the fatal error for input starting with a UTF-16 or UTF-32 byte
 /// order mark (the same code the bundled CSV adapter uses).
-pub const UNSUPPORTED_ENCODING: &str = "unsupported-encoding";
+pub const UNSUPPORTED_ENCODING: &str = sluice_sdk::codes::UNSUPPORTED_ENCODING;
 
 /// Column name that marks a filler: positions that are skipped.
 pub const FILLER: &str = "_";

@@ -144,7 +144,7 @@ use sluice_sdk::{
 /// Error codes of this adapter beyond the SDK's shared ones.
 pub mod xml_codes {
     /// Input in an encoding other than UTF-8.
-    pub const UNSUPPORTED_ENCODING: &str = "unsupported-encoding";
+    pub const UNSUPPORTED_ENCODING: &str = sluice_sdk::codes::UNSUPPORTED_ENCODING;
     /// An XML version other than 1.0.
     pub const UNSUPPORTED_VERSION: &str = "unsupported-version";
     /// An entity reference other than the five predefined ones.
