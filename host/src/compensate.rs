@@ -104,10 +104,6 @@ impl Engine {
         match job.state {
             JobState::Undoing => {}
             JobState::Completed | JobState::Failed | JobState::Cancelled => {
-                if job.counts.applied == 0 && job.counts.processed == 0 {
-                    // Nothing journaled as applied; compensation already
-                    // removed anything unjournaled. Still run: harmless.
-                }
                 let journal = self.journal_arc();
                 tokio::task::spawn_blocking(move || {
                     journal.write(|tx| {
