@@ -46,6 +46,7 @@ mod options;
 mod record;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+mod text;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
@@ -55,6 +56,7 @@ pub use input::Input;
 pub use log::{Level, log};
 pub use options::{AdapterInfo, ConfigError, OptionInfo, Options};
 pub use record::{Item, Layout, Location, Record, RecordError, Value, first_duplicate};
+pub use text::{ByteOrderMark, byte_order_mark, count_line_breaks};
 
 /// Version of the WIT contract (`sluice:adapter`) this SDK builds against.
 pub const INTERFACE_VERSION: &str = "0.1.0";

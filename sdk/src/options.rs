@@ -158,6 +158,27 @@ impl Options {
             .transpose()
     }
 
+    /// A count within `range` (a limit, a size); `default` if unset.
+    pub fn bounded(
+        &self,
+        name: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let v = self.parse::<usize>(name)?.unwrap_or(default);
+        if !range.contains(&v) {
+            return Err(ConfigError::option(
+                name,
+                format!(
+                    "must be between {} and {}, got {v}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
     /// A boolean: `true`/`false`, `yes`/`no`, `1`/`0`, `on`/`off`.
     pub fn flag(&self, name: &str) -> Result<Option<bool>, ConfigError> {
         self.get(name)

@@ -139,22 +139,19 @@ impl PartialEq for Layout {
 }
 
 /// First name that occurs twice in `names`, if any.
-pub fn first_duplicate(names: &[String]) -> Option<&str> {
+pub fn first_duplicate<S: AsRef<str>>(names: &[S]) -> Option<&str> {
     // Layouts are short; a quadratic scan beats hashing for a handful of names
     // and stays correct for long ones.
     if names.len() <= 32 {
         for (i, a) in names.iter().enumerate() {
-            if names[..i].contains(a) {
-                return Some(a);
+            if names[..i].iter().any(|b| b.as_ref() == a.as_ref()) {
+                return Some(a.as_ref());
             }
         }
         None
     } else {
         let mut seen = std::collections::HashSet::with_capacity(names.len());
-        names
-            .iter()
-            .find(|n| !seen.insert(n.as_str()))
-            .map(String::as_str)
+        names.iter().map(AsRef::as_ref).find(|n| !seen.insert(*n))
     }
 }
 

@@ -66,7 +66,8 @@ use std::collections::HashSet;
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 use sluice_sdk::{
     Adapter, AdapterInfo, Checkpoint, ConfigError, Input, Item, Layout, Location, OptionInfo,
-    Options, Record, RecordError, StateReader, StateWriter, Value, codes, export_adapter,
+    Options, Record, RecordError, StateReader, StateWriter, Value, byte_order_mark, codes,
+    count_line_breaks, export_adapter,
 };
 
 /// Default `max-field-bytes`: 1 MiB, far above real cells (long text,
@@ -81,9 +82,6 @@ pub const DEFAULT_MAX_COLUMNS: usize = 4096;
 pub const LIMIT_BYTES_CEILING: usize = 1 << 30;
 /// Largest accepted `max-columns`: field-end bookkeeping is a word a column.
 pub const LIMIT_COLUMNS_CEILING: usize = 1 << 20;
-
-/// Code of the fatal error for UTF-16 and UTF-32 input.
-pub const UNSUPPORTED_ENCODING: &str = sluice_sdk::codes::UNSUPPORTED_ENCODING;
 
 const STATE_VERSION: u64 = 1;
 /// Where an over-limit record's bytes go while it is scanned to its end.
@@ -138,22 +136,6 @@ struct Config {
     max_field: usize,
     max_record: usize,
     max_columns: usize,
-}
-
-fn limit(
-    options: &Options,
-    name: &str,
-    default: usize,
-    ceiling: usize,
-) -> Result<usize, ConfigError> {
-    let v = options.parse::<usize>(name)?.unwrap_or(default);
-    if v == 0 || v > ceiling {
-        return Err(ConfigError::option(
-            name,
-            format!("must be between 1 and {ceiling}, got {v}"),
-        ));
-    }
-    Ok(v)
 }
 
 fn parse_columns(spec: &str) -> Result<Vec<String>, ConfigError> {
@@ -274,7 +256,11 @@ impl Config {
                 ));
             }
         };
-        let max_columns = limit(o, "max-columns", DEFAULT_MAX_COLUMNS, LIMIT_COLUMNS_CEILING)?;
+        let max_columns = o.bounded(
+            "max-columns",
+            DEFAULT_MAX_COLUMNS,
+            1..=LIMIT_COLUMNS_CEILING,
+        )?;
         let columns = o.get("columns").map(parse_columns).transpose()?;
         if let Some(c) = &columns
             && c.len() > max_columns
@@ -304,17 +290,15 @@ impl Config {
                 .unwrap_or_default(),
             kind: o.get("kind").filter(|k| !k.is_empty()).map(str::to_owned),
             allow_nul: o.flag("allow-nul")?.unwrap_or(false),
-            max_field: limit(
-                o,
+            max_field: o.bounded(
                 "max-field-bytes",
                 DEFAULT_MAX_FIELD_BYTES,
-                LIMIT_BYTES_CEILING,
+                1..=LIMIT_BYTES_CEILING,
             )?,
-            max_record: limit(
-                o,
+            max_record: o.bounded(
                 "max-record-bytes",
                 DEFAULT_MAX_RECORD_BYTES,
-                LIMIT_BYTES_CEILING,
+                1..=LIMIT_BYTES_CEILING,
             )?,
             max_columns,
         })
@@ -339,32 +323,6 @@ impl Config {
         let _ = r.read_record(b"\n", &mut [0u8; 1], &mut [0usize; 1]);
         r
     }
-}
-
-/// Lines counted the way users see them: LF, CRLF and a lone CR each end one.
-fn count_lines(bytes: &[u8], prev_cr: bool) -> u64 {
-    // One pass with byte-wide counters (255 bytes at a time) vectorizes
-    // well; CRs are rare enough to be handled apart.
-    let mut lf = 0u64;
-    let mut cr = 0u8;
-    for block in bytes.chunks(255) {
-        let mut n = 0u8;
-        for &b in block {
-            n += u8::from(b == b'\n');
-            cr |= u8::from(b == b'\r');
-        }
-        lf += u64::from(n);
-    }
-    let cr = cr != 0;
-    if cr {
-        let crs = bytes.iter().filter(|&&b| b == b'\r').count() as u64;
-        let crlf = bytes.windows(2).filter(|w| w == b"\r\n").count() as u64;
-        lf += crs - crlf;
-    }
-    if prev_cr && bytes.first() == Some(&b'\n') {
-        lf -= 1;
-    }
-    lf
 }
 
 /// The input, plus the few bytes read ahead to look for a byte order mark,
@@ -402,7 +360,11 @@ impl Source {
                 &avail[..n.min(avail.len())]
             };
             let Some(&last) = bytes.last() else { return };
-            (bytes.len(), count_lines(bytes, prev_cr), last == b'\r')
+            (
+                bytes.len(),
+                count_line_breaks(bytes, prev_cr),
+                last == b'\r',
+            )
         };
         if from_head {
             self.head_start += taken;
@@ -571,35 +533,12 @@ impl CsvAdapter {
         }
         src.head_start = 0;
         src.head_end = n;
-        let head = &src.head[..n];
-        let (name, bom_len) = if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            src.consume(3);
+        let bom = byte_order_mark(&src.head[..n])?;
+        if bom.is_utf8() {
+            src.consume(bom.len);
             return None;
-        } else if head.starts_with(&[0x00, 0x00, 0xFE, 0xFF]) {
-            ("UTF-32BE", 4)
-        } else if head.starts_with(&[0xFF, 0xFE, 0x00, 0x00]) {
-            ("UTF-32LE", 4)
-        } else if head.starts_with(&[0xFF, 0xFE]) {
-            ("UTF-16LE", 2)
-        } else if head.starts_with(&[0xFE, 0xFF]) {
-            ("UTF-16BE", 2)
-        } else {
-            return None;
-        };
-        let location = Location {
-            offset: 0,
-            length: bom_len,
-            line: 1,
-            ordinal: self.ordinal + 1,
-        };
-        Some(Item::Fatal(RecordError::new(
-            UNSUPPORTED_ENCODING,
-            format!(
-                "the input is {name} (it starts with a {name} byte order mark); this adapter reads \
-                 UTF-8 only: convert the file to UTF-8 (for example `iconv -f {name} -t UTF-8`)"
-            ),
-            location,
-        )))
+        }
+        Some(Item::Fatal(bom.unsupported(self.ordinal + 1)))
     }
 
     /// Skip blank and comment lines. False at the end of input.
@@ -1010,13 +949,7 @@ impl CsvAdapter {
                 return Item::Fatal(RecordError::new(codes::BAD_HEADER, message, loc));
             }
         }
-        let Some((layout, from)) = &self.layout else {
-            return Item::Fatal(RecordError::new(
-                codes::BAD_HEADER,
-                "no layout".to_owned(),
-                loc,
-            ));
-        };
+        let (layout, from) = self.layout.as_ref().expect("the layout is set above");
         let width = layout.fields().len();
         if n != width {
             let expected = match from {
@@ -1048,15 +981,8 @@ impl CsvAdapter {
         let mut record = Record::with_capacity(layout, buf.len);
         for i in 0..n {
             let (a, b) = buf.range(i, trim);
-            let Some(text) = s.get(a..b) else {
-                // Unreachable: every boundary was checked above.
-                return Item::Error(self.error(
-                    codes::INVALID_UTF8,
-                    "not valid UTF-8".into(),
-                    Some(i),
-                    loc,
-                ));
-            };
+            // Every field boundary is a char boundary (checked above).
+            let text = &s[a..b];
             if let Some(null) = &self.cfg.null
                 && null.as_slice() == text.as_bytes()
                 && !buf.quoted.get(i).copied().unwrap_or(false)
@@ -1562,7 +1488,7 @@ mod tests {
             let out = h().check(input);
             assert_eq!(
                 errors(&out),
-                [err(UNSUPPORTED_ENCODING, None, 0, len, 1, 1)]
+                [err(codes::UNSUPPORTED_ENCODING, None, 0, len, 1, 1)]
             );
             let msg = &out.fatal().unwrap().message;
             assert!(msg.contains(name) && msg.contains("convert"), "{msg}");
@@ -2032,44 +1958,21 @@ mod tests {
     }
 
     /// Pull items from a parser until the end.
-    fn drain(mut parser: CsvAdapter) -> Vec<Item> {
-        let mut items = Vec::new();
-        loop {
-            let item = parser.next();
-            let last = matches!(item, Item::End | Item::Fatal(_));
-            items.push(item);
-            if last {
-                return items;
-            }
-        }
-    }
-
     #[test]
     fn resume_mid_file() {
         let input: &[u8] =
             b"\xEF\xBB\xBFid,name\r\n1,a\r\n\"2\",\"b\r\nc\"\r\n\r\n3,\xFF\r\n4,d\r\n";
-        let harness = h();
-        let out = harness.run_with_chunks(input, &[5]).unwrap();
+        // `check` resumes from every checkpoint of this short input.
+        let out = h().check(input);
         assert_eq!(out.items.len(), 5);
+        // Each checkpoint sits right after its item.
         for (done, cp) in out.checkpoints.iter().enumerate().take(4) {
-            let cp = cp.clone().unwrap();
-            assert_eq!(
-                cp.offset,
-                match &out.items[done] {
-                    Item::Record(r) => r.location().end(),
-                    Item::Error(e) => e.location.end(),
-                    _ => unreachable!(),
-                }
-            );
-            let at = usize::try_from(cp.offset).unwrap();
-            let parser = harness
-                .open(Input::from_bytes_at(&input[at..], 3, cp.offset), Some(cp))
-                .unwrap();
-            assert_eq!(
-                drain(parser),
-                out.items[done + 1..],
-                "resuming after item {done}"
-            );
+            let end = match &out.items[done] {
+                Item::Record(r) => r.location().end(),
+                Item::Error(e) => e.location.end(),
+                other => panic!("item {done} is {other:?}"),
+            };
+            assert_eq!(cp.as_ref().unwrap().offset, end);
         }
         // A corrupt state is refused, not misread.
         let bad = Checkpoint {
@@ -2077,8 +1980,7 @@ mod tests {
             state: vec![9, 9],
         };
         assert!(
-            harness
-                .open(Input::from_bytes_at(b"", 1, 3), Some(bad))
+            h().open(Input::from_bytes_at(b"", 1, 3), Some(bad))
                 .is_err()
         );
     }

@@ -4,7 +4,8 @@
 
 use sluice_sdk::{
     Adapter, AdapterInfo, Checkpoint, ConfigError, Input, Item, Layout, Location, OptionInfo,
-    Options, Record, RecordError, StateReader, StateWriter, Value, codes, export_adapter,
+    Options, Record, RecordError, StateReader, StateWriter, Value, byte_order_mark, codes,
+    export_adapter,
 };
 
 /// Default `max-line-bytes`: 1 MiB, far above real record lengths (a few
@@ -13,10 +14,6 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
 /// Largest accepted `max-line-bytes`: keeps one line well inside a wasm32
 /// address space and the host's per-record limit.
 pub const MAX_LINE_BYTES_CEILING: usize = 1 << 30;
-
-/// Code of the fatal error for input starting with a UTF-16 or UTF-32 byte
-/// order mark (the same code the bundled CSV adapter uses).
-pub const UNSUPPORTED_ENCODING: &str = sluice_sdk::codes::UNSUPPORTED_ENCODING;
 
 /// Column name that marks a filler: positions that are skipped.
 pub const FILLER: &str = "_";
@@ -239,19 +236,9 @@ impl Adapter for FixedWidth {
             let first = self.line == 1;
             let mut blank = raw.blank;
             if first {
-                if self.buf.starts_with(b"\xFF\xFE") || self.buf.starts_with(b"\xFE\xFF") {
+                if let Some(bom) = byte_order_mark(&self.buf).filter(|b| !b.is_utf8()) {
                     self.ordinal += 1;
-                    return Item::Fatal(RecordError::new(
-                        UNSUPPORTED_ENCODING,
-                        "the input starts with a UTF-16 or UTF-32 byte order mark; this adapter \
-                         reads UTF-8 only, so convert the file to UTF-8 first",
-                        Location {
-                            offset: raw.offset,
-                            length: 2,
-                            line: 1,
-                            ordinal: self.ordinal,
-                        },
-                    ));
+                    return Item::Fatal(bom.unsupported(self.ordinal));
                 }
                 if raw.content_len <= self.cfg.max_line as u64 && self.buf.starts_with(UTF8_BOM) {
                     blank = is_blank(&self.buf[UTF8_BOM.len()..]);
@@ -634,15 +621,11 @@ impl Config {
                  or name:width[:type] entries, e.g. columns=id:1-6:integer,name:7-30",
             ));
         };
-        let max_line = options
-            .parse::<usize>("max-line-bytes")?
-            .unwrap_or(DEFAULT_MAX_LINE_BYTES);
-        if !(1..=MAX_LINE_BYTES_CEILING).contains(&max_line) {
-            return Err(ConfigError::option(
-                "max-line-bytes",
-                format!("must be between 1 and {MAX_LINE_BYTES_CEILING}"),
-            ));
-        }
+        let max_line = options.bounded(
+            "max-line-bytes",
+            DEFAULT_MAX_LINE_BYTES,
+            1..=MAX_LINE_BYTES_CEILING,
+        )?;
         let (columns, width) = parse_columns(spec, max_line)?;
 
         let kind = options.get("kind");

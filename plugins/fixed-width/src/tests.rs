@@ -511,12 +511,28 @@ fn byte_order_marks() {
     let out = harness("a:2,b:2").check(b"aabb\n\xEF\xBB\xBFccdd\n");
     assert_eq!(out.rows()[1], [s("\u{feff}c"), s("cd")]);
 
-    // UTF-16 (and UTF-32) end the parse.
-    let out = harness("a:2,b:2").check(b"\xFF\xFEa\x00a\x00b\x00b\x00\n\x00");
-    assert_eq!(out.items.len(), 1);
-    let fatal = out.fatal().expect("a fatal error");
-    assert_eq!(fatal.code, "unsupported-encoding");
-    assert_eq!(fatal.location, loc(0, 2, 1, 1));
+    // UTF-16 and UTF-32 end the parse, whichever byte order.
+    for (input, name, len) in [
+        (&b"\xFF\xFEa\x00a\x00b\x00b\x00\n\x00"[..], "UTF-16LE", 2),
+        (&b"\xFE\xFF\x00a\x00a\x00b\x00b\x00\n"[..], "UTF-16BE", 2),
+        (
+            &b"\xFF\xFE\x00\x00a\x00\x00\x00\n\x00\x00\x00"[..],
+            "UTF-32LE",
+            4,
+        ),
+        (
+            &b"\x00\x00\xFE\xFF\x00\x00\x00a\x00\x00\x00\n"[..],
+            "UTF-32BE",
+            4,
+        ),
+    ] {
+        let out = harness("a:2,b:2").check(input);
+        assert_eq!(out.items.len(), 1, "{name}");
+        let fatal = out.fatal().expect("a fatal error");
+        assert_eq!(fatal.code, "unsupported-encoding");
+        assert!(fatal.message.contains(name), "{}", fatal.message);
+        assert_eq!(fatal.location, loc(0, len, 1, 1));
+    }
 }
 
 #[test]
@@ -696,11 +712,15 @@ fn bad_options_are_config_errors() {
             " ",
             "is empty; give an entity name or leave the option out",
         ),
-        ("max-line-bytes", "0", "must be between 1 and 1073741824"),
+        (
+            "max-line-bytes",
+            "0",
+            "must be between 1 and 1073741824, got 0",
+        ),
         (
             "max-line-bytes",
             "2000000000",
-            "must be between 1 and 1073741824",
+            "must be between 1 and 1073741824, got 2000000000",
         ),
         (
             "allow-short",

@@ -138,13 +138,12 @@ use quick_xml::events::Event;
 use quick_xml::name::{Namespace, NamespaceError, PrefixDeclaration, QName, ResolveResult};
 use sluice_sdk::{
     Adapter, AdapterInfo, Checkpoint, ConfigError, Input, Item, Layout, Level, Location,
-    OptionInfo, Options, Record, RecordError, StateReader, StateWriter, codes, export_adapter, log,
+    OptionInfo, Options, Record, RecordError, StateReader, StateWriter, byte_order_mark, codes,
+    export_adapter, log,
 };
 
 /// Error codes of this adapter beyond the SDK's shared ones.
 pub mod xml_codes {
-    /// Input in an encoding other than UTF-8.
-    pub const UNSUPPORTED_ENCODING: &str = sluice_sdk::codes::UNSUPPORTED_ENCODING;
     /// An XML version other than 1.0.
     pub const UNSUPPORTED_VERSION: &str = "unsupported-version";
     /// An entity reference other than the five predefined ones.
@@ -379,38 +378,13 @@ impl Read for Src {
     }
 }
 
-/// Line breaks in `b` (LF, CR LF or a lone CR each count once), continuing
-/// from a previous chunk that ended with a CR if `prev_cr`.
+/// Line breaks in `b` (see [`sluice_sdk::count_line_breaks`]), carrying
+/// whether it ended with a CR over to the next call.
 fn count_breaks(b: &[u8], prev_cr: &mut bool) -> u64 {
-    let Some(&last) = b.last() else {
-        return 0;
-    };
-    if memchr::memchr(b'\r', b).is_none() {
-        let mut n = memchr::memchr_iter(b'\n', b).count() as u64;
-        if *prev_cr && b[0] == b'\n' {
-            n -= 1;
-        }
+    let n = sluice_sdk::count_line_breaks(b, *prev_cr);
+    if let Some(&last) = b.last() {
         *prev_cr = last == b'\r';
-        return n;
     }
-    let mut n = 0;
-    let mut cr = *prev_cr;
-    for &c in b {
-        match c {
-            b'\n' => {
-                if !cr {
-                    n += 1;
-                }
-                cr = false;
-            }
-            b'\r' => {
-                n += 1;
-                cr = true;
-            }
-            _ => cr = false,
-        }
-    }
-    *prev_cr = cr;
     n
 }
 
@@ -880,23 +854,6 @@ impl Select {
     }
 }
 
-fn limit(
-    options: &Options,
-    name: &str,
-    default: usize,
-    min: usize,
-    max: usize,
-) -> Result<usize, ConfigError> {
-    let v = options.parse::<usize>(name)?.unwrap_or(default);
-    if !(min..=max).contains(&v) {
-        return Err(ConfigError::option(
-            name,
-            format!("must be between {min} and {max}, got {v}"),
-        ));
-    }
-    Ok(v)
-}
-
 // ---------------------------------------------------------------------------
 // Parser state
 // ---------------------------------------------------------------------------
@@ -1257,8 +1214,22 @@ impl XmlAdapter {
     fn start(&mut self) -> Result<(), Problem> {
         let src = self.fresh.as_mut().expect("a fresh parse holds its source");
         let head = src.sniff(4).to_vec();
+        if let Some(bom) = byte_order_mark(&head) {
+            if !bom.is_utf8() {
+                let e = bom.unsupported(1);
+                return Err(Problem {
+                    code: codes::UNSUPPORTED_ENCODING,
+                    message: e.message,
+                    at: 0,
+                    line: 1,
+                    len: bom.len as u64,
+                    field: None,
+                });
+            }
+            src.advance(bom.len);
+        }
         let utf = |what: &str| Problem {
-            code: UNSUPPORTED_ENCODING,
+            code: codes::UNSUPPORTED_ENCODING,
             message: format!(
                 "the input looks like {what}; this adapter reads UTF-8 only: convert the file to UTF-8 (and drop or fix its encoding declaration)"
             ),
@@ -1268,11 +1239,6 @@ impl XmlAdapter {
             field: None,
         };
         match head.as_slice() {
-            [0xEF, 0xBB, 0xBF, ..] => src.advance(3),
-            [0x00, 0x00, 0xFE, 0xFF] | [0xFF, 0xFE, 0x00, 0x00] => {
-                return Err(utf("UTF-32 (byte order mark)"));
-            }
-            [0xFE, 0xFF, ..] | [0xFF, 0xFE, ..] => return Err(utf("UTF-16 (byte order mark)")),
             [0x00, 0x00, 0x00, b'<'] | [b'<', 0x00, 0x00, 0x00] => return Err(utf("UTF-32")),
             [0x00, b'<', ..] | [b'<', 0x00, ..] => {
                 return Err(utf("UTF-16 without byte order mark"));
@@ -1622,7 +1588,7 @@ impl XmlAdapter {
             ));
         }
         let names: Vec<&str> = attrs.iter().map(|a| &content[a.name.clone()]).collect();
-        if let Some(dup) = first_duplicate_str(&names) {
+        if let Some(dup) = sluice_sdk::first_duplicate(&names) {
             let k = attrs
                 .iter()
                 .rev()
@@ -1937,7 +1903,7 @@ impl XmlAdapter {
                 }
                 field.push('@');
                 field.push_str(&written);
-                self.add_field(field, &value)?;
+                self.add_field(field, value.clone())?;
             }
             Ok(())
         })();
@@ -1987,7 +1953,7 @@ impl XmlAdapter {
         }
     }
 
-    fn add_field(&mut self, name: String, value: &str) -> Result<(), Problem> {
+    fn add_field(&mut self, name: String, value: String) -> Result<(), Problem> {
         if value.len() > self.lim.field {
             let p = Problem {
                 field: Some(name.clone()),
@@ -2024,7 +1990,7 @@ impl XmlAdapter {
             );
             return self.soft(p);
         }
-        rec.fields.push((name, value.to_owned()));
+        rec.fields.push((name, value));
         Ok(())
     }
 
@@ -2080,7 +2046,7 @@ impl XmlAdapter {
                     open.path
                 };
                 // A problem here is recorded on the record (it is active).
-                let _ = self.add_field(name, &open.text);
+                let _ = self.add_field(name, open.text);
             }
         }
         if level != rec_depth {
@@ -2399,7 +2365,7 @@ impl XmlAdapter {
                 .any(|e| e.eq_ignore_ascii_case(enc))
             {
                 return Err(self.problem_at(
-                    UNSUPPORTED_ENCODING,
+                    codes::UNSUPPORTED_ENCODING,
                     format!(
                         "the document declares encoding {enc:?}; this adapter reads UTF-8 only: convert the file to UTF-8 and declare encoding=\"UTF-8\" (or drop the declaration)"
                     ),
@@ -2586,19 +2552,6 @@ fn prefix_decl(p: &str) -> PrefixDeclaration<'_> {
     }
 }
 
-fn first_duplicate_str<'a>(names: &[&'a str]) -> Option<&'a str> {
-    if names.len() <= 16 {
-        return names
-            .iter()
-            .enumerate()
-            .find(|(i, n)| names[..*i].contains(n))
-            .map(|(_, n)| *n);
-    }
-    let mut sorted = names.to_vec();
-    sorted.sort_unstable();
-    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
-}
-
 const NAMING: &str = "Field names: attribute a of the record element -> @a; its non-whitespace direct text -> #text; text of child c -> c; nested d in c -> c/d; attribute a of c -> c/@a; repeated siblings -> c, c[2], c[3]; text = text and CDATA concatenated, entities decoded, line ends as LF; names in no namespace or the record's namespace by local name, the xml namespace as xml:local, others as {uri}local. Layout kind = record element local name; fields sorted (digit runs numerically), one layout per field-name set.";
 
 impl Adapter for XmlAdapter {
@@ -2672,7 +2625,7 @@ impl Adapter for XmlAdapter {
         resume: Option<Checkpoint>,
     ) -> Result<Self, ConfigError> {
         let get = |name: &str, default: usize, min: usize, max: usize| {
-            limit(options, name, default, min, max)
+            options.bounded(name, default, min..=max)
         };
         let lim = Limits {
             depth: get("max-depth", DEFAULTS.depth, 1, 65_000)?,
