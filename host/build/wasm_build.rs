@@ -77,10 +77,11 @@ pub fn build_components(packages: &[&str], watch: &[&str]) -> Vec<(String, PathB
     for w in watch {
         println!("cargo:rerun-if-changed={}", root.join(w).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("Cargo.lock").display()
-    );
+    // The workspace manifest holds the plugin profile and shared
+    // dependency features; the lock file, the versions.
+    for file in ["Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
     ensure_target_installed();
 
     let target_dir = nested_target_dir();

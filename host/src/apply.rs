@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -36,11 +35,7 @@ struct Prepared {
 }
 
 /// Run pass 2 over one part from where the journal says it stopped.
-pub(crate) async fn apply_part(
-    ctx: PartCtx,
-    sink: Arc<dyn Sink>,
-    on_commit: Arc<dyn Fn() + Send + Sync>,
-) -> Result<(), PassError> {
+pub(crate) async fn apply_part(ctx: PartCtx, sink: Arc<dyn Sink>) -> Result<(), PassError> {
     let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
     let start = ctx.part.apply.intervals as usize;
     if start >= intervals.len() {
@@ -73,7 +68,6 @@ pub(crate) async fn apply_part(
                 .await
                 .map_err(|e| PassError::Inconsistent(format!("apply commit task failed: {e}")))??;
             faults::point("apply.after-commit");
-            on_commit();
         }
         Ok(())
     }
@@ -314,25 +308,12 @@ fn commit(
         }
     }
     ctx.journal.write(|tx| {
-        tx.put_errors(ctx.job, ctx.part.index, &errors)?;
-        let mut part = tx.part(ctx.job, ctx.part.index)?;
-        part.apply.intervals = p.seq + 1;
-        part.apply.ordinal = p.interval.last;
-        part.apply.offset = p.interval.end_offset;
-        part.apply.done = last;
-        part.counts.add(&counts);
-        tx.put_part(ctx.job, &part)?;
-        let mut job = tx.job(ctx.job)?;
-        job.counts.add(&counts);
-        for (_, e) in &errors {
-            *job.errors_by_code
-                .entry(format!("{}:{}", e.stage.as_str(), e.code))
-                .or_default() += 1;
-        }
-        if job.cancel_requested {
-            ctx.cancel.store(true, Ordering::Relaxed);
-        }
-        tx.put_job(&job)
+        ctx.commit_interval(tx, &counts, &errors, |part| {
+            part.apply.intervals = p.seq + 1;
+            part.apply.ordinal = p.interval.last;
+            part.apply.offset = p.interval.end_offset;
+            part.apply.done = last;
+        })
     })?;
     Ok(())
 }

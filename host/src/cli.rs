@@ -410,19 +410,15 @@ async fn undo(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Re
             "undo": job.undo_counts, "kept": kept.len()})
         )?;
     } else {
-        let counts: Vec<String> = job
-            .undo_counts
-            .iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect();
+        let summary = job.undo_summary();
         writeln!(
             out,
             "job {id}: {}; {}",
             job.state,
-            if counts.is_empty() {
-                "nothing to undo".into()
+            if summary.is_empty() {
+                "nothing to undo"
             } else {
-                counts.join(", ")
+                &summary
             }
         )?;
         for e in &kept {
@@ -525,8 +521,7 @@ async fn run_with_progress(
                 });
             }
             _ = tick.tick() => {
-                let Ok(job) = engine.journal().job(id) else { continue };
-                let p = Progress::of(&job);
+                let Ok(p) = engine.progress(id) else { continue };
                 if let Some(bar) = &bar {
                     draw(bar, &p);
                 } else if json {
@@ -576,15 +571,10 @@ fn report_job(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let mut shown = 0usize;
-    let mut more = 0u64;
+    let mut shown = 0u64;
     engine
         .journal()
-        .for_each_error(job.id, |part, ordinal, e| {
-            if shown >= MAX_ERROR_EVENTS {
-                more += 1;
-                return Ok(());
-            }
+        .for_first_errors(job.id, MAX_ERROR_EVENTS, |part, ordinal, e| {
             shown += 1;
             if json {
                 let v = json!({"type": "error", "job": job.id, "part": part, "ordinal": ordinal,
@@ -609,11 +599,7 @@ fn report_job(
             }
         })?;
     let c = &job.counts;
-    let total = if job.totals_exact {
-        Some(c.scanned)
-    } else {
-        None
-    };
+    let total = job.total();
     let elapsed = job.times.finished.unwrap_or_else(crate::journal::now_ms) - job.times.created;
     if json {
         let v = json!({"type": "summary", "job": job.id, "state": job.state, "tenant": job.tenant,
@@ -623,6 +609,12 @@ fn report_job(
             "elapsed_ms": elapsed});
         writeln!(out, "{v}")?;
     } else {
+        // Every journaled error is tallied by code.
+        let more = job
+            .errors_by_code
+            .values()
+            .sum::<u64>()
+            .saturating_sub(shown);
         if more > 0 {
             writeln!(io::stderr(), "  ... and {more} more")?;
         }
@@ -667,11 +659,7 @@ fn list_jobs(engine: &Engine, json: bool, out: &mut dyn Write) -> Result<u8, Fai
                 j.id,
                 j.state.as_str(),
                 j.tenant,
-                if j.totals_exact {
-                    j.counts.scanned.to_string()
-                } else {
-                    "?".into()
-                },
+                j.total().map_or("?".into(), |t| t.to_string()),
                 j.counts.applied,
                 j.counts.rejected,
                 j.counts.failed,
@@ -688,7 +676,7 @@ fn job_json(engine: &Engine, j: &JobRecord) -> Result<Json, Failure> {
         "job": j.id, "state": j.state, "tenant": j.tenant, "source": j.source,
         "dry_run": j.dry_run, "key": j.key_field, "options": j.options,
         "bytes": j.upload.size, "digest": j.upload.digest,
-        "total": j.totals_exact.then_some(j.counts.scanned),
+        "total": j.total(),
         "counts": j.counts, "errors_by_code": j.errors_by_code, "times": j.times,
         "plugins": parts.iter().map(|p| json!({"part": p.index, "name": p.name,
             "plugin": p.plugin.name, "version": p.plugin.version, "digest": p.plugin.digest})).collect::<Vec<_>>(),
@@ -782,12 +770,7 @@ fn show_job(engine: &Engine, id: JobId, json: bool, out: &mut dyn Write) -> Resu
         }
     }
     if !j.undo_counts.is_empty() {
-        let counts: Vec<String> = j
-            .undo_counts
-            .iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect();
-        writeln!(out, "  undo       {}", counts.join(", "))?;
+        writeln!(out, "  undo       {}", j.undo_summary())?;
     }
     for l in &j.leftovers {
         writeln!(out, "  leftover   {l}")?;

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, blocking};
 use crate::journal::{JobId, JobRecord, JobState, now_ms};
 use crate::scan::PassError;
 use crate::sink::{UndoAction, UndoScope};
@@ -50,11 +50,17 @@ pub(crate) async fn compensate_unjournaled(
             });
         }
     };
+    let retry = engine.retry_policy(job).map_err(|e| EngineError::Stopped {
+        job: job.id,
+        reason: e.to_string(),
+    })?;
     let mut leftovers = Vec::new();
     let mut compensated = 0u64;
     loop {
-        let page = sink
-            .undo(job.id, &scope, PAGE, engine.ledger())
+        let page = retry
+            .run("compensating an undo page", || {
+                sink.undo(job.id, &scope, PAGE, engine.ledger())
+            })
             .await
             .map_err(|e| EngineError::Stopped {
                 job: job.id,
@@ -105,7 +111,7 @@ impl Engine {
             JobState::Undoing => {}
             JobState::Completed | JobState::Failed | JobState::Cancelled => {
                 let journal = self.journal_arc();
-                tokio::task::spawn_blocking(move || {
+                blocking(move || {
                     journal.write(|tx| {
                         let mut j = tx.job(id)?;
                         if !matches!(
@@ -120,11 +126,7 @@ impl Engine {
                         tx.put_job(&j)
                     })
                 })
-                .await
-                .map_err(|e| EngineError::Stopped {
-                    job: id,
-                    reason: e.to_string(),
-                })??;
+                .await?;
             }
             JobState::Validated => return Err(refuse("it was a dry run: nothing was applied")),
             JobState::Undone => return Err(refuse("it was undone already")),
@@ -144,18 +146,21 @@ impl Engine {
         stop: &Arc<AtomicBool>,
     ) -> Result<(), PassError> {
         let sink = self.sink_for(&job.target)?;
+        let retry = self.retry_policy(job)?;
         loop {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err(PassError::Stopped);
             }
             crate::faults::point("undo.before-page");
-            let page = sink
-                .undo(job.id, &UndoScope::Job, PAGE, self.ledger())
+            let page = retry
+                .run("an undo page", || {
+                    sink.undo(job.id, &UndoScope::Job, PAGE, self.ledger())
+                })
                 .await?;
             crate::faults::point("undo.after-target");
             let journal = self.journal_arc();
             let id = job.id;
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 journal.write(|tx| {
                     tx.put_undo(id, &page.entries)?;
                     let mut j = tx.job(id)?;
@@ -171,8 +176,7 @@ impl Engine {
                     tx.put_job(&j)
                 })
             })
-            .await
-            .map_err(|e| PassError::Inconsistent(format!("undo commit task failed: {e}")))??;
+            .await?;
             if page.done {
                 return Ok(());
             }

@@ -14,13 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::RwLock;
 
 use crate::faults;
 use crate::journal::{
     Counts, JobId, JobRecord, JobState, Journal, JournalError, PartRecord, PassProgress, PluginRef,
     Times, now_ms,
 };
+use crate::lock;
 use crate::progress::Progress;
 use crate::registry::{Registry, RegistryError};
 use crate::sandbox::{ParseError, Plugin, Sandbox, SandboxConfig, StartError as SandboxStartError};
@@ -168,7 +169,6 @@ pub struct Storage {
 
 struct Running {
     cancel: Arc<AtomicBool>,
-    progress: watch::Sender<Progress>,
 }
 
 struct Inner {
@@ -302,24 +302,21 @@ impl Engine {
             e
         };
         crate::registry::check_tenant(&req.tenant).map_err(|e| discard(e.into()))?;
-        crate::retry::RetryPolicy::with_overrides(&req.retry).map_err(|e| discard(e.into()))?;
-        let target = crate::target::normalize(req.target.as_deref()).map_err(|detail| {
+        // Checked as the passes will apply them, so a bad override fails now.
+        inner
+            .config
+            .retry
+            .with_overrides(&req.retry)
+            .map_err(|e| discard(e.into()))?;
+        let (target, sink) = crate::target::resolve(req.target.as_deref()).map_err(|detail| {
             discard(EngineError::Target {
                 target: req.target.clone().unwrap_or_default(),
                 detail,
             })
         })?;
-        if target != crate::target::EMBEDDED
-            && let Some(given) = req.target.as_deref()
-        {
-            // The journal keeps the target without secrets; this process has
-            // the full one (a password in a URL), so it opens the sink now.
-            let sink = crate::target::open(given.trim()).map_err(|detail| {
-                discard(EngineError::Target {
-                    target: target.clone(),
-                    detail,
-                })
-            })?;
+        if let Some(sink) = sink {
+            // This process has the full target (a password in a URL); later
+            // passes find the sink under the journal's form.
             lock(&inner.targets).insert(target.clone(), sink);
         }
         let archive = is_zip(&inner.spool, &spooled.file);
@@ -425,6 +422,7 @@ impl Engine {
             .list(None)
             .map(|l| {
                 let mut f: Vec<String> = l.into_iter().flat_map(|e| e.info.formats).collect();
+                f.sort();
                 f.dedup();
                 f.join(", ")
             })
@@ -435,11 +433,10 @@ impl Engine {
         }
     }
 
-    /// Follow a running job's progress (in this process).
-    pub fn watch(&self, id: JobId) -> Option<watch::Receiver<Progress>> {
-        lock(&self.inner.running)
-            .get(&id)
-            .map(|r| r.progress.subscribe())
+    /// Where job `id` stands, from the journal: true in any process, also
+    /// while another one runs the job, and after a restart.
+    pub fn progress(&self, id: JobId) -> Result<Progress, EngineError> {
+        Ok(Progress::of(&self.inner.journal.job(id)?))
     }
 
     /// Ask a job to stop at its next safe point and end as cancelled. Works
@@ -491,27 +488,24 @@ impl Engine {
 
     /// Run a job to its end, resuming from wherever the journal says it is.
     pub async fn run(&self, id: JobId) -> Result<JobRecord, EngineError> {
-        let _lock = self.lock_job(id)?;
+        let _lock = self.lock_job(id).await?;
         let job = self.inner.journal.job(id)?;
         let cancel = Arc::new(AtomicBool::new(false));
-        let (tx, _) = watch::channel(Progress::of(&job));
         lock(&self.inner.running).insert(
             id,
             Running {
                 cancel: cancel.clone(),
-                progress: tx,
             },
         );
         let span = tracing::info_span!("job", job = id, tenant = %job.tenant);
         let result = tracing::Instrument::instrument(self.drive(id, cancel), span).await;
-        self.publish(id);
         lock(&self.inner.running).remove(&id);
         result
     }
 
     /// Take the job's lock file; it is released when the process ends, so
     /// a crashed run never blocks recovery.
-    fn lock_job(&self, id: JobId) -> Result<File, EngineError> {
+    async fn lock_job(&self, id: JobId) -> Result<File, EngineError> {
         let dir = self.inner.data_dir.join("locks");
         let io = |source| EngineError::DataDir {
             path: dir.display().to_string(),
@@ -531,7 +525,7 @@ impl Engine {
             match file.try_lock() {
                 Ok(()) => return Ok(file),
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    std::thread::sleep(std::time::Duration::from_millis(25))
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
             }
@@ -539,18 +533,9 @@ impl Engine {
         Err(EngineError::Busy(id))
     }
 
-    fn publish(&self, id: JobId) {
-        if let Ok(job) = self.inner.journal.job(id)
-            && let Some(r) = lock(&self.inner.running).get(&id)
-        {
-            r.progress.send_replace(Progress::of(&job));
-        }
-    }
-
     async fn drive(&self, id: JobId, cancel: Arc<AtomicBool>) -> Result<JobRecord, EngineError> {
         loop {
             let job = self.inner.journal.job(id)?;
-            self.publish(id);
             if job.state.is_terminal() {
                 self.cleanup(&job).await;
                 return Ok(job);
@@ -729,7 +714,7 @@ impl Engine {
             config: self.inner.config.clone(),
             cancel: cancel.clone(),
             retry: self.retry_policy(job)?,
-            ledger: Arc::new(crate::journal::JournalLedger(self.inner.journal.clone())),
+            ledger: self.ledger(),
         })
     }
 
@@ -752,14 +737,15 @@ impl Engine {
     }
 
     /// A job's retry policy: the engine's default with the job's overrides.
-    fn retry_policy(&self, job: &JobRecord) -> Result<crate::retry::RetryPolicy, PassError> {
-        let mut policy = self.inner.config.retry;
-        for o in &job.retry {
-            policy
-                .apply_override(o)
-                .map_err(|e| PassError::Rejected(e.to_string()))?;
-        }
-        Ok(policy)
+    pub(crate) fn retry_policy(
+        &self,
+        job: &JobRecord,
+    ) -> Result<crate::retry::RetryPolicy, PassError> {
+        self.inner
+            .config
+            .retry
+            .with_overrides(&job.retry)
+            .map_err(|e| PassError::Rejected(e.to_string()))
     }
 
     /// The exact plugin bytes a part was validated with.
@@ -789,33 +775,32 @@ impl Engine {
                 continue;
             }
             let ctx = self.part_ctx(job, part, cancel)?;
-            let this = self.clone();
-            let id = job.id;
             keys = tokio::task::spawn_blocking(move || {
-                let r = crate::scan::scan_part(&ctx, &mut keys);
-                this.publish(id);
-                r.map(|()| keys)
+                crate::scan::scan_part(&ctx, &mut keys).map(|()| keys)
             })
             .await
             .map_err(|e| PassError::Inconsistent(format!("scan task failed: {e}")))??;
         }
-        let dry_run = job.dry_run;
-        self.write_job(job.id, move |j| {
-            j.totals_exact = true;
-            j.counts.scanned_bytes = j.upload.size;
-            j.times.scan_finished = Some(now_ms());
-            j.state = JobState::Scanned;
-            if dry_run {
-                j.state = JobState::Validated;
-                j.times.finished = Some(now_ms());
-            }
+        let (id, dry_run) = (job.id, job.dry_run);
+        let journal = self.inner.journal.clone();
+        blocking(move || {
+            journal.write(|tx| {
+                let mut j = tx.job(id)?;
+                j.totals_exact = true;
+                j.counts.scanned_bytes = j.upload.size;
+                j.times.scan_finished = Some(now_ms());
+                j.state = JobState::Scanned;
+                if dry_run {
+                    // A dry run ends here; its scratch goes in the same
+                    // commit, since recovery skips ended jobs.
+                    j.state = JobState::Validated;
+                    j.times.finished = Some(now_ms());
+                    tx.drop_scratch(id)?;
+                }
+                tx.put_job(&j)
+            })
         })
         .await?;
-        if dry_run {
-            let journal = self.inner.journal.clone();
-            let id = job.id;
-            blocking(move || journal.write(|tx| tx.drop_scratch(id))).await?;
-        }
         Ok(())
     }
 
@@ -829,33 +814,31 @@ impl Engine {
 
     async fn apply(&self, job: &JobRecord, cancel: &Arc<AtomicBool>) -> Result<(), PassError> {
         let sink = self.sink_for(&job.target)?;
-        // Records a crash left part-way on a multi-step target are finished
-        // or compensated before anything else is applied.
-        let ledger = self.ledger();
-        let reconciled = sink.reconcile(job.id, ledger).await?;
-        if !reconciled.leftovers.is_empty() {
-            let leftovers = reconciled.leftovers.clone();
-            self.write_job(job.id, move |j| j.leftovers.extend(leftovers))
+        let retry = self.retry_policy(job)?;
+        // Finish or compensate what a crash left part-way on a multi-step
+        // target; what stays stuck is listed on the job (never silent).
+        let reconcile = || async {
+            let reconciled = retry
+                .run("reconciling", || sink.reconcile(job.id, self.ledger()))
                 .await?;
-        }
+            if !reconciled.leftovers.is_empty() {
+                let leftovers = reconciled.leftovers;
+                self.write_job(job.id, move |j| j.leftovers.extend(leftovers))
+                    .await?;
+            }
+            Ok::<_, PassError>(())
+        };
+        // Before anything else is applied ...
+        reconcile().await?;
         for part in self.inner.journal.parts(job.id)? {
             if part.apply.done {
                 continue;
             }
             let ctx = self.part_ctx(job, part, cancel)?;
-            let this = self.clone();
-            let id = job.id;
-            let on_commit: Arc<dyn Fn() + Send + Sync> = Arc::new(move || this.publish(id));
-            crate::apply::apply_part(ctx, sink.clone(), on_commit).await?;
+            crate::apply::apply_part(ctx, sink.clone()).await?;
         }
-        // Compensations that failed during the pass are tried once more;
-        // what is still stuck is listed on the job (never silent).
-        let reconciled = sink.reconcile(job.id, self.ledger()).await?;
-        if !reconciled.leftovers.is_empty() {
-            let leftovers = reconciled.leftovers;
-            self.write_job(job.id, move |j| j.leftovers.extend(leftovers))
-                .await?;
-        }
+        // ... and once more for compensations that failed during the pass.
+        reconcile().await?;
         faults::point("job.before-complete");
         self.finish(job.id, JobState::Completed, None)
             .await
@@ -973,12 +956,8 @@ fn process_alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Run blocking journal work off the async threads.
-async fn blocking<R: Send + 'static>(
+pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, JournalError> + Send + 'static,
 ) -> Result<R, JournalError> {
     tokio::task::spawn_blocking(f)
@@ -990,7 +969,7 @@ async fn blocking<R: Send + 'static>(
 fn is_zip(spool: &Spool, file: &str) -> bool {
     spool
         .read_at(file, 0, 4)
-        .is_ok_and(|b| b == b"PK\x03\x04" || b == b"PK\x05\x06")
+        .is_ok_and(|b| crate::archive::is_zip(&b))
 }
 
 /// Identity of an import: same tenant, bytes, plugin, key and options mean

@@ -231,6 +231,23 @@ pub struct JobRecord {
     pub leftovers: Vec<String>,
 }
 
+impl JobRecord {
+    /// Items in the upload, once pass 1 has counted them all.
+    pub fn total(&self) -> Option<u64> {
+        self.totals_exact.then_some(self.counts.scanned)
+    }
+
+    /// What `sluice undo` did, as `2 removed, 1 restored`.
+    pub fn undo_summary(&self) -> String {
+        let counts: Vec<String> = self
+            .undo_counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        counts.join(", ")
+    }
+}
+
 fn embedded() -> String {
     "embedded".into()
 }
@@ -615,6 +632,16 @@ impl Journal {
     pub fn for_each_error(
         &self,
         id: JobId,
+        f: impl FnMut(u32, u64, ErrorEntry) -> std::io::Result<()>,
+    ) -> Result<(), JournalError> {
+        self.for_first_errors(id, usize::MAX, f)
+    }
+
+    /// [`Journal::for_each_error`] for the first `limit` errors only.
+    pub fn for_first_errors(
+        &self,
+        id: JobId,
+        limit: usize,
         mut f: impl FnMut(u32, u64, ErrorEntry) -> std::io::Result<()>,
     ) -> Result<(), JournalError> {
         let r = self.read_txn()?;
@@ -622,6 +649,7 @@ impl Journal {
         for entry in t
             .range((id, 0, 0)..=(id, u32::MAX, u64::MAX))
             .map_err(storage)?
+            .take(limit)
         {
             let (k, v) = entry.map_err(storage)?;
             let (_, part, ordinal) = k.value();

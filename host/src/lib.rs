@@ -20,3 +20,9 @@ pub mod scan;
 pub mod sink;
 pub mod spool;
 pub mod target;
+
+/// Lock a mutex even if a thread panicked while holding it: the data behind
+/// sluice's mutexes (caches, registries) stays valid across a panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -73,7 +73,7 @@ impl Progress {
             bytes: job.upload.size,
             scanned_bytes: c.scanned_bytes,
             parts: job.parts,
-            total: job.totals_exact.then_some(c.scanned),
+            total: job.total(),
             scanned: c.scanned,
             rejected: c.rejected,
             processed: c.processed,

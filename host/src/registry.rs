@@ -174,9 +174,9 @@ impl Registry {
     }
 
     /// The bundled plugins, loaded once per registry.
-    fn bundled(&self) -> Result<Vec<(Entry, Arc<Plugin>)>, RegistryError> {
+    fn bundled(&self) -> Result<&[(Entry, Arc<Plugin>)], RegistryError> {
         if let Some(b) = self.bundled.get() {
-            return Ok(b.clone());
+            return Ok(b);
         }
         let loaded: Vec<(Entry, Arc<Plugin>)> = bundled::ALL
             .iter()
@@ -194,7 +194,7 @@ impl Registry {
                 ))
             })
             .collect::<Result<_, RegistryError>>()?;
-        Ok(self.bundled.get_or_init(|| loaded).clone())
+        Ok(self.bundled.get_or_init(|| loaded))
     }
 
     /// Every plugin visible to `tenant` (or only global and bundled ones
@@ -219,7 +219,7 @@ impl Registry {
                 .filter(|e| e.scope == Scope::Global)
                 .cloned(),
         );
-        out.extend(self.bundled()?.into_iter().map(|(e, _)| e));
+        out.extend(self.bundled()?.iter().map(|(e, _)| e.clone()));
         Ok(out)
     }
 
@@ -307,8 +307,9 @@ impl Registry {
             return Ok((e.clone(), self.load(e)?));
         }
         self.bundled()?
-            .into_iter()
+            .iter()
             .find(|(e, _)| e.digest == digest)
+            .cloned()
             .ok_or_else(|| RegistryError::NotFound {
                 what: format!("digest {digest}"),
                 tenant: None,
@@ -338,13 +339,18 @@ impl Registry {
         if entry.scope == Scope::Bundled {
             return self
                 .bundled()?
-                .into_iter()
+                .iter()
                 .find(|(e, _)| e.digest == entry.digest)
-                .map(|(_, p)| p)
+                .map(|(_, p)| p.clone())
                 .ok_or_else(|| RegistryError::NotFound {
                     what: format!("bundled plugin {}", entry.digest),
                     tenant: None,
                 });
+        }
+        // Loaded before: the sandbox holds the component these very bytes
+        // (the digest pins them) compiled to.
+        if let Some(p) = Digest::from_hex(&entry.digest).and_then(|d| self.sandbox.loaded(&d)) {
+            return Ok(p);
         }
         let path = self.blob_path(&entry.digest);
         let tampered = || RegistryError::Tampered {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sink::FailureClass;
+use crate::sink::{FailureClass, SinkError};
 
 /// How one class of failure is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,13 +128,38 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// The default policy with `overrides` applied in order.
-    pub fn with_overrides(overrides: &[String]) -> Result<Self, BadRetry> {
-        let mut p = RetryPolicy::default();
-        for o in overrides {
-            p.apply_override(o)?;
+    /// Call the target until `call` succeeds, fails in a way not worth
+    /// retrying, or its class's attempts or time are spent: for whole-call
+    /// operations (an undo page, reconciliation) that have no per-record
+    /// outcomes to retry one by one. `what` names the call in the log.
+    pub async fn run<T, Fut>(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> Fut,
+    ) -> Result<T, SinkError>
+    where
+        Fut: std::future::Future<Output = Result<T, SinkError>>,
+    {
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match call().await {
+                Err(e) if self.should_retry(e.class(), attempt, started.elapsed()) => {
+                    tracing::warn!(attempt, "{what} failed ({e}); retrying");
+                    tokio::time::sleep(self.delay(e.class(), attempt)).await;
+                }
+                result => return result,
+            }
         }
-        Ok(p)
+    }
+
+    /// This policy with `overrides` applied in order.
+    pub fn with_overrides(mut self, overrides: &[String]) -> Result<Self, BadRetry> {
+        for o in overrides {
+            self.apply_override(o)?;
+        }
+        Ok(self)
     }
 }
 
@@ -190,9 +215,39 @@ mod tests {
     }
 
     #[test]
+    fn run_retries_by_class_until_the_budget_is_spent() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let p = RetryPolicy {
+            base: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        let calls = std::cell::Cell::new(0);
+        let failing = |fail_first: u32, e: fn() -> SinkError| {
+            calls.set(0);
+            rt.block_on(p.run("test call", || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n <= fail_first { Err(e()) } else { Ok(n) } }
+            }))
+        };
+        let transient = || SinkError::Transient("503".into());
+        assert_eq!(failing(2, transient).unwrap(), 3);
+        assert!(failing(99, transient).is_err());
+        assert_eq!(calls.get(), p.transient.attempts);
+        assert!(failing(99, || SinkError::Permanent("no".into())).is_err());
+        assert_eq!(calls.get(), 1);
+        assert!(failing(99, || SinkError::Io("disk".into())).is_err());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
     fn overrides() {
-        let p =
-            RetryPolicy::with_overrides(&["transient=10/30s".into(), "conflict=1".into()]).unwrap();
+        let p = RetryPolicy::default()
+            .with_overrides(&["transient=10/30s".into(), "conflict=1".into()]);
+        let p = p.unwrap();
         assert_eq!(p.transient.attempts, 10);
         assert_eq!(p.transient.max_delay, Duration::from_secs(30));
         assert_eq!(p.conflict.attempts, 1);
@@ -203,7 +258,9 @@ mod tests {
             "x=1",
             "transient=2/5h",
         ] {
-            let e = RetryPolicy::with_overrides(&[bad.into()]).unwrap_err();
+            let e = RetryPolicy::default()
+                .with_overrides(&[bad.into()])
+                .unwrap_err();
             assert!(e.to_string().contains("CLASS=ATTEMPTS"), "{e}");
         }
     }

@@ -5,6 +5,7 @@
 //! are checked for duplicates, and every interval of items is committed
 //! with its digest and a resume checkpoint. Nothing touches the target.
 
+use std::io::Seek as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -13,7 +14,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::engine::EngineConfig;
 use crate::faults;
-use crate::journal::{Counts, ErrorEntry, Interval, JobId, Journal, PartRecord, Stage};
+use crate::journal::{
+    Counts, ErrorEntry, Interval, JobId, Journal, JournalError, PartRecord, Stage, Tx,
+};
 use crate::record::{Item, Location, Record, RecordError, Value};
 use crate::sandbox::{Checkpoint, Parse, ParseError, Plugin, Sandbox};
 use crate::spool::Spool;
@@ -180,9 +183,8 @@ impl PartCtx {
         let mut input = self.spool.open(&self.part.spool.file).map_err(spool_err)?;
         let skip_to = match (after, resume) {
             (Some(_), Some(cp)) => {
-                // Skip to the checkpoint's offset; the spool is a plain
-                // file, so reading forward is as good as a seek.
-                std::io::copy(&mut (&mut input).take(cp.offset), &mut std::io::sink())
+                input
+                    .seek(std::io::SeekFrom::Start(cp.offset))
                     .map_err(spool_err)?;
                 0
             }
@@ -203,9 +205,35 @@ impl PartCtx {
     pub fn stopped(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
-}
 
-use std::io::Read as _;
+    /// What every interval commit of either pass writes: the interval's
+    /// errors, the part's progress (`advance`) and counts, the job's counts
+    /// and error tally. A cancel another process journaled is noticed here.
+    pub fn commit_interval(
+        &self,
+        tx: &mut Tx<'_>,
+        counts: &Counts,
+        errors: &[(u64, ErrorEntry)],
+        advance: impl FnOnce(&mut PartRecord),
+    ) -> Result<(), JournalError> {
+        tx.put_errors(self.job, self.part.index, errors)?;
+        let mut part = tx.part(self.job, self.part.index)?;
+        advance(&mut part);
+        part.counts.add(counts);
+        tx.put_part(self.job, &part)?;
+        let mut job = tx.job(self.job)?;
+        job.counts.add(counts);
+        for (_, e) in errors {
+            *job.errors_by_code
+                .entry(format!("{}:{}", e.stage.as_str(), e.code))
+                .or_default() += 1;
+        }
+        if job.cancel_requested {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+        tx.put_job(&job)
+    }
+}
 
 /// Hash of a record identity, for duplicate detection.
 fn key_hash(kind: &str, key: &str) -> [u8; 16] {
@@ -412,7 +440,6 @@ struct Group {
     first: u64,
     last: u64,
     end_offset: u64,
-    bytes: u64,
     digest: Xxh3,
     errors: Vec<(u64, ErrorEntry)>,
     counts: Counts,
@@ -425,7 +452,6 @@ impl Group {
             first,
             last: first.saturating_sub(1),
             end_offset: 0,
-            bytes: 0,
             digest: Xxh3::new(),
             errors: Vec::new(),
             counts: Counts::default(),
@@ -582,7 +608,6 @@ fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: &Item) -> Resul
             let loc = r.location();
             g.last = loc.ordinal;
             g.end_offset = loc.end();
-            g.bytes += r.size_bytes() as u64;
             match ctx.identity(r) {
                 Identity::Valid {
                     kind,
@@ -669,32 +694,17 @@ fn commit(
         if let Some(interval) = &interval {
             tx.put_interval(job, part_index, finished.seq, interval)?;
         }
-        tx.put_errors(job, part_index, &errors)?;
         if !run.is_empty() {
             tx.put_key_run(job, part_index, finished.seq, &run)?;
         }
-        let mut part = tx.part(job, part_index)?;
-        if let Some(interval) = &interval {
-            part.scan.intervals = finished.seq + 1;
-            part.scan.ordinal = interval.last;
-            part.scan.offset = interval.end_offset;
-        }
-        part.scan.done = done;
-        part.counts.add(&counts);
-        tx.put_part(job, &part)?;
-        let mut record = tx.job(job)?;
-        record.counts.add(&counts);
-        for (_, e) in &errors {
-            *record
-                .errors_by_code
-                .entry(format!("{}:{}", e.stage.as_str(), e.code))
-                .or_default() += 1;
-        }
-        if record.cancel_requested {
-            ctx.cancel.store(true, Ordering::Relaxed);
-        }
-        tx.put_job(&record)?;
-        Ok(())
+        ctx.commit_interval(tx, &counts, &errors, |part| {
+            if let Some(interval) = &interval {
+                part.scan.intervals = finished.seq + 1;
+                part.scan.ordinal = interval.last;
+                part.scan.offset = interval.end_offset;
+            }
+            part.scan.done = done;
+        })
     })?;
     keys.committed(part_index, finished.seq);
     faults::point("scan.after-commit");

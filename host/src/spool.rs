@@ -199,11 +199,6 @@ impl Spool {
         self.dir.join("tmp")
     }
 
-    fn storage(&self, path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
-        let path = path.display().to_string();
-        move |source| SpoolError::Storage { path, source }
-    }
-
     /// Copy `input` to a new durable spool file, at most `max_bytes` long.
     pub fn spool(&self, input: &mut dyn Read, max_bytes: u64) -> Result<Spooled, SpoolError> {
         let mut writer = self.writer("upload")?;
@@ -257,10 +252,10 @@ impl Spool {
         let tmp_dir = self.tmp_dir();
         self.fs
             .create_dir_all(&tmp_dir)
-            .map_err(self.storage(&tmp_dir))?;
+            .map_err(storage(&tmp_dir))?;
         let file = unique_name(suffix);
         let tmp = tmp_dir.join(format!("{file}.partial"));
-        let out = self.fs.create(&tmp).map_err(self.storage(&tmp))?;
+        let out = self.fs.create(&tmp).map_err(storage(&tmp))?;
         Ok(SpoolWriter {
             spool: self.clone(),
             file,
@@ -292,13 +287,17 @@ impl Spool {
     /// offered to `keep` under their final name. Returns how many files were
     /// removed.
     pub fn sweep(&self, keep: impl Fn(&str) -> bool) -> io::Result<usize> {
-        let mut removed = 0;
+        let mut removed_tmp = 0;
         for name in self.fs.list(&self.tmp_dir())? {
             if !keep(name.trim_end_matches(".partial")) {
                 self.fs.remove(&self.tmp_dir().join(&name))?;
-                removed += 1;
+                removed_tmp += 1;
             }
         }
+        if removed_tmp > 0 {
+            self.fs.sync_dir(&self.tmp_dir())?;
+        }
+        let mut removed = 0;
         for name in self.fs.list(&self.dir)? {
             if !keep(&name) {
                 self.fs.remove(&self.path(&name))?;
@@ -307,11 +306,8 @@ impl Spool {
         }
         if removed > 0 {
             self.fs.sync_dir(&self.dir)?;
-            if self.fs.list(&self.tmp_dir()).is_ok() {
-                let _ = self.fs.sync_dir(&self.tmp_dir());
-            }
         }
-        Ok(removed)
+        Ok(removed_tmp + removed)
     }
 
     /// Files currently in the spool (not counting temporary ones).
@@ -345,10 +341,7 @@ impl SpoolWriter {
     /// Append bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         let out = self.out.as_mut().expect("writer not finished");
-        out.write_all(bytes).map_err(|source| SpoolError::Storage {
-            path: self.tmp.display().to_string(),
-            source,
-        })?;
+        out.write_all(bytes).map_err(storage(&self.tmp))?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
@@ -360,10 +353,6 @@ impl SpoolWriter {
     pub fn finish(mut self) -> Result<Spooled, SpoolError> {
         let mut out = self.out.take().expect("writer not finished");
         let fs = self.spool.fs.clone();
-        let storage = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| SpoolError::Storage { path, source }
-        };
         out.flush().map_err(storage(&self.tmp))?;
         faults::point("spool.before-fsync");
         out.sync().map_err(storage(&self.tmp))?;
@@ -387,6 +376,12 @@ impl SpoolWriter {
         self.out = None;
         let _ = self.spool.fs.remove(&self.tmp);
     }
+}
+
+/// Map an I/O error on `path` to a spool storage error.
+fn storage(path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
+    let path = path.display().to_string();
+    move |source| SpoolError::Storage { path, source }
 }
 
 #[cfg(test)]

@@ -191,7 +191,7 @@ impl Capture {
     }
 
     fn push(&self, mut bytes: &[u8]) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = crate::lock(&self.inner);
         let room = inner.half.saturating_sub(inner.head.len());
         let n = room.min(bytes.len());
         inner.head.extend_from_slice(&bytes[..n]);
@@ -209,7 +209,7 @@ impl Capture {
 
     /// What was kept, as text.
     pub(crate) fn text(&self) -> String {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = crate::lock(&self.inner);
         let mut out = String::from_utf8_lossy(&inner.head).into_owned();
         if inner.dropped > 0 {
             out.push_str(&format!("\n[... {} bytes dropped ...]\n", inner.dropped));

@@ -259,6 +259,11 @@ impl Sandbox {
         Ok(plugin)
     }
 
+    /// The plugin loaded from bytes with this digest, if any.
+    pub fn loaded(&self, digest: &Digest) -> Option<Arc<Plugin>> {
+        self.lock_loaded().get(digest).cloned()
+    }
+
     /// Open a parse of `input` (positioned at `resume.offset`, or at the start
     /// without a checkpoint) with the plugin's options. `cancel`, when set,
     /// stops a running call within one epoch tick.
@@ -276,7 +281,7 @@ impl Sandbox {
     }
 
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Arc<Plugin>>> {
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.loaded)
     }
 
     pub(crate) fn new_store(&self, state: HostState) -> Store<HostState> {

@@ -78,6 +78,38 @@ struct Who<'a> {
     digest: Digest,
 }
 
+impl<'a> Who<'a> {
+    fn of(plugin: &'a Plugin) -> Self {
+        Who {
+            name: &plugin.info.name,
+            version: &plugin.info.version,
+            digest: plugin.digest,
+        }
+    }
+
+    /// A fault of this plugin in `call`, at item `ordinal` and input `offset`.
+    fn fault(
+        &self,
+        kind: FaultKind,
+        call: &str,
+        (ordinal, offset): (u64, u64),
+        detail: String,
+        panic_message: Option<String>,
+    ) -> PluginFault {
+        PluginFault {
+            kind,
+            plugin: self.name.to_owned(),
+            version: self.version.to_owned(),
+            digest: self.digest.hex(),
+            call: call.to_owned(),
+            ordinal,
+            offset,
+            detail,
+            panic_message,
+        }
+    }
+}
+
 impl Parse {
     pub(super) fn open(
         sandbox: &Sandbox,
@@ -91,11 +123,7 @@ impl Parse {
         let start = resume.map_or(0, |c| c.offset);
         let state = HostState::new(&plugin.info.name, &limits, input, start, cancel);
         let mut store = sandbox.new_store(state);
-        let who = Who {
-            name: &plugin.info.name,
-            version: &plugin.info.version,
-            digest: plugin.digest,
-        };
+        let who = Who::of(&plugin);
         let (next_ordinal, pos) = resume.map_or((1, 0), |c| (c.ordinal + 1, c.pos));
 
         begin_call(&mut store);
@@ -251,11 +279,7 @@ impl Parse {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.status = Status::Failed;
-                let who = Who {
-                    name: &self.plugin.info.name,
-                    version: &self.plugin.info.version,
-                    digest: self.plugin.digest,
-                };
+                let who = Who::of(&self.plugin);
                 Err(classify(
                     &mut self.store,
                     &who,
@@ -272,17 +296,13 @@ impl Parse {
     /// End the parse with an invalid-output fault.
     fn invalid(&mut self, call: &str, detail: String) -> ParseError {
         self.status = Status::Failed;
-        ParseError::from(PluginFault {
-            kind: FaultKind::InvalidOutput,
-            plugin: self.plugin.info.name.clone(),
-            version: self.plugin.info.version.clone(),
-            digest: self.plugin.digest.hex(),
-            call: call.to_owned(),
-            ordinal: self.next_ordinal,
-            offset: self.pos,
+        ParseError::from(Who::of(&self.plugin).fault(
+            FaultKind::InvalidOutput,
+            call,
+            (self.next_ordinal, self.pos),
             detail,
-            panic_message: None,
-        })
+            None,
+        ))
     }
 
     fn declare(&mut self, l: wt::Layout) -> Result<(), ParseError> {
@@ -542,17 +562,7 @@ fn classify(
             },
         },
     };
-    ParseError::from(PluginFault {
-        kind,
-        plugin: who.name.to_owned(),
-        version: who.version.to_owned(),
-        digest: who.digest.hex(),
-        call: call.to_owned(),
-        ordinal,
-        offset,
-        detail,
-        panic_message,
-    })
+    ParseError::from(who.fault(kind, call, (ordinal, offset), detail, panic_message))
 }
 
 /// The message of a Rust panic from what the guest wrote to stderr:
@@ -588,17 +598,7 @@ pub(super) fn describe(
         |store: &mut Store<HostState>, call, e| match classify(store, &who, &limits, call, 0, 0, e)
         {
             ParseError::Fault(f) => f,
-            other => Box::new(PluginFault {
-                kind: FaultKind::Trap,
-                plugin: what.to_owned(),
-                version: "?".into(),
-                digest: digest.hex(),
-                call: call.to_owned(),
-                ordinal: 0,
-                offset: 0,
-                detail: other.to_string(),
-                panic_message: None,
-            }),
+            other => Box::new(who.fault(FaultKind::Trap, call, (0, 0), other.to_string(), None)),
         };
     begin_call(&mut store);
     let guest = pre
@@ -609,18 +609,14 @@ pub(super) fn describe(
         .sluice_adapter_parse()
         .call_describe(&mut store)
         .map_err(|e| fault(&mut store, "describe", e))?;
+    let version: String = info.version.chars().take(64).collect();
+    let described = Who {
+        name: what,
+        version: &version,
+        digest,
+    };
     let invalid = |detail: String| {
-        Box::new(PluginFault {
-            kind: FaultKind::InvalidOutput,
-            plugin: what.to_owned(),
-            version: info.version.chars().take(64).collect(),
-            digest: digest.hex(),
-            call: "describe".into(),
-            ordinal: 0,
-            offset: 0,
-            detail,
-            panic_message: None,
-        })
+        Box::new(described.fault(FaultKind::InvalidOutput, "describe", (0, 0), detail, None))
     };
     let name_ok = !info.name.is_empty()
         && info.name.len() <= 64

@@ -7,7 +7,6 @@
 //! |---|---|---|
 //! | `records` | (tenant, kind, key) | encoded record (below) |
 //! | `layouts` | layout id | JSON `{kind, fields}` |
-//! | `watermarks` | (job, part) | last applied ordinal, written in the same transaction as the records |
 //! | `history` | (job, part, ordinal) | what undo needs: identity and before-image |
 //!
 //! A history entry is written in the same transaction as its record, and
@@ -41,7 +40,6 @@ use crate::record::{Layout, Record, Slot, Value};
 
 const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
 const LAYOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("layouts");
-const WATERMARKS: TableDefinition<(u64, u32), u64> = TableDefinition::new("watermarks");
 const HISTORY: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("history");
 
 const VERSION: u8 = 1;
@@ -256,13 +254,12 @@ impl EmbeddedStore {
         txn.set_two_phase_commit(true);
         txn.open_table(RECORDS).map_err(storage)?;
         txn.open_table(LAYOUTS).map_err(storage)?;
-        txn.open_table(WATERMARKS).map_err(storage)?;
         txn.open_table(HISTORY).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(EmbeddedStore { db })
     }
 
-    /// Upsert a batch and its watermark in one transaction.
+    /// Upsert a batch and its history entries in one transaction.
     pub fn apply_sync(&self, batch: &Batch) -> Result<(), SinkError> {
         let io = |e: &dyn std::fmt::Display| SinkError::Io(e.to_string());
         let mut txn = self.db.begin_write().map_err(|e| io(&e))?;
@@ -317,12 +314,6 @@ impl EmbeddedStore {
                 if let Some(first) = replaced {
                     history.insert(at, first.as_slice()).map_err(|e| io(&e))?;
                 }
-            }
-            if let Some(last) = batch.items.last() {
-                let mut marks = txn.open_table(WATERMARKS).map_err(|e| io(&e))?;
-                marks
-                    .insert((batch.job, batch.part), last.ordinal)
-                    .map_err(|e| io(&e))?;
             }
         }
         crate::faults::point("apply.mid-target-commit");
@@ -403,13 +394,6 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(|e| io(&e))?;
         Ok(page)
-    }
-
-    /// Last ordinal of `(job, part)` the store holds, if any.
-    pub fn watermark(&self, job: u64, part: u32) -> Result<Option<u64>, StoreError> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(WATERMARKS).map_err(storage)?;
-        Ok(t.get((job, part)).map_err(storage)?.map(|v| v.value()))
     }
 
     /// Every record of `tenant` (or of all tenants), sorted by tenant, kind,

@@ -163,9 +163,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     Batch, FailureClass, Ledger, Outcome, Reconciled, Sink, SinkError, StepRecord, StepState,
-    UndoAction, UndoEntry, UndoPage, UndoScope,
+    UndoAction, UndoEntry, UndoPage, UndoScope, error_chain,
 };
 use crate::faults;
+use crate::lock;
 
 /// Largest response body read (a before-image, an error message).
 const MAX_RESPONSE: usize = 8 << 20;
@@ -754,17 +755,24 @@ struct Planned {
 }
 
 /// Split a record's fields between the parent and its children.
+/// A field name that addresses a child: `child/prop` or `child[i]/prop`
+/// (i from 1) as `(child, i, prop)`.
+fn child_field(name: &str) -> Option<(&str, u32, &str)> {
+    let (head, prop) = name.split_once('/')?;
+    let (child, index) = match head.split_once('[') {
+        Some((c, rest)) => (c, rest.strip_suffix(']')?.parse::<u32>().ok()?),
+        None => (head, 1),
+    };
+    (index >= 1 && !prop.is_empty()).then_some((child, index, prop))
+}
+
 fn plan_record(r: &Resource, fields: &Map<String, Json>) -> Vec<Planned> {
     let mut own = Map::new();
     let mut kids: BTreeMap<(usize, u32), Map<String, Json>> = BTreeMap::new();
     for (name, value) in fields {
-        let claimed = name.split_once('/').and_then(|(head, prop)| {
-            let (cname, index) = match head.split_once('[') {
-                Some((c, rest)) => (c, rest.strip_suffix(']')?.parse::<u32>().ok()?),
-                None => (head, 1),
-            };
+        let claimed = child_field(name).and_then(|(cname, index, prop)| {
             let pos = r.children.iter().position(|c| c.name == cname)?;
-            (index >= 1 && !prop.is_empty()).then_some((pos, index, prop))
+            Some((pos, index, prop))
         });
         match claimed {
             Some((pos, index, prop)) => {
@@ -999,12 +1007,15 @@ struct Book {
 
 impl Book {
     fn new(ledger: Arc<dyn Ledger>, who: Who, records: &[StepRecord]) -> Result<Book, SinkError> {
-        let mut steps = BTreeMap::new();
-        for r in records {
-            let s = Step::parse(who.job, who.part, who.ordinal, r)?;
-            steps.insert(s.no, s);
-        }
+        let steps = Self::parse(&who, records)?;
         Ok(Book { ledger, who, steps })
+    }
+
+    fn parse(who: &Who, records: &[StepRecord]) -> Result<BTreeMap<u32, Step>, SinkError> {
+        records
+            .iter()
+            .map(|r| Step::parse(who.job, who.part, who.ordinal, r).map(|s| (s.no, s)))
+            .collect()
     }
 
     /// A book for a record found in the ledger (reconcile, undo).
@@ -1023,17 +1034,15 @@ impl Book {
             kind: String::new(),
             key: String::new(),
         };
-        let first = records
-            .iter()
-            .map(|r| Step::parse(job, part, ordinal, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        let Some(a) = first.iter().find_map(Step::apply) else {
+        let steps = Self::parse(&who, records)?;
+        // The identity is in the record's first apply step.
+        let Some(a) = steps.values().find_map(Step::apply) else {
             return Ok(None);
         };
         who.tenant = a.tenant.clone();
         who.kind = a.kind.clone();
         who.key = a.key.clone();
-        Book::new(ledger, who, records).map(Some)
+        Ok(Some(Book { ledger, who, steps }))
     }
 
     fn nonce(&self) -> String {
@@ -1072,11 +1081,8 @@ impl Book {
             state,
             result: Some(serde_json::to_value(&result).expect("step result serializes")),
         };
-        let ledger = self.ledger.clone();
         let (job, part, ordinal) = (self.who.job, self.who.part, self.who.ordinal);
-        tokio::task::spawn_blocking(move || ledger.record(job, part, ordinal, &record))
-            .await
-            .map_err(|e| SinkError::Io(format!("ledger task failed: {e}")))??;
+        on_ledger(&self.ledger, move |l| l.record(job, part, ordinal, &record)).await?;
         self.steps.insert(
             no,
             Step {
@@ -1459,17 +1465,6 @@ impl Http {
             Err(_) => Err(CallError::Timeout(self.timeout)),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------
@@ -2369,26 +2364,8 @@ impl Inner {
             kind: item.kind.clone(),
             key: item.key.clone(),
         };
-        let steps = {
-            let ledger = ledger.clone();
-            let (job, part, ordinal) = (who.job, who.part, who.ordinal);
-            tokio::task::spawn_blocking(move || ledger.steps(job, part, ordinal))
-                .await
-                .map_err(|e| SinkError::Io(format!("ledger task failed: {e}")))??
-        };
-        if steps.is_empty() && !self.map.kinds.contains_key(&item.kind) {
-            return Ok(Outcome::Failed {
-                class: FailureClass::Permanent,
-                code: "http-no-mapping".into(),
-                message: format!(
-                    "{who}: no mapping for records of kind {:?}: add a [kinds.{}] section to {}, \
-                     then import the record again",
-                    item.kind,
-                    item.kind,
-                    self.map.path.display()
-                ),
-            });
-        }
+        let (job, part, ordinal) = (who.job, who.part, who.ordinal);
+        let steps = on_ledger(&ledger, move |l| l.steps(job, part, ordinal)).await?;
         let mut book = Book::new(ledger, who, &steps)?;
         let fields = item.record.fields_json();
         Ok(match self.drive(&mut book, Some(&fields)).await? {
@@ -2601,8 +2578,15 @@ impl Inner {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Run one ledger call on a blocking thread: the ledger is a redb file.
+async fn on_ledger<T: Send + 'static>(
+    ledger: &Arc<dyn Ledger>,
+    call: impl FnOnce(&dyn Ledger) -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    let ledger = ledger.clone();
+    tokio::task::spawn_blocking(move || call(&*ledger))
+        .await
+        .map_err(|e| SinkError::Io(format!("ledger task failed: {e}")))?
 }
 
 /// Whether every property the job wrote still has the value it wrote.
@@ -2618,17 +2602,10 @@ fn child_fields(fields: &Map<String, Json>, res: &ResRef) -> Option<Map<String, 
     let name = res.child.as_ref()?;
     let mut out = Map::new();
     for (f, v) in fields {
-        let Some((head, prop)) = f.split_once('/') else {
-            continue;
-        };
-        let index = match head.split_once('[') {
-            Some((c, rest)) if c == name => {
-                rest.strip_suffix(']').and_then(|n| n.parse::<u32>().ok())
-            }
-            None if head == name => Some(1),
-            _ => None,
-        };
-        if index == Some(res.index) {
+        if let Some((child, index, prop)) = child_field(f)
+            && child == name
+            && index == res.index
+        {
             out.insert(prop.to_owned(), v.clone());
         }
     }
@@ -2716,12 +2693,7 @@ impl Sink for HttpSink {
         let mut out = Reconciled::default();
         let mut cursor = None;
         loop {
-            let page = {
-                let ledger = ledger.clone();
-                tokio::task::spawn_blocking(move || ledger.records(job, cursor, WALK_PAGE))
-                    .await
-                    .map_err(|e| SinkError::Io(format!("ledger task failed: {e}")))??
-            };
+            let page = on_ledger(&ledger, move |l| l.records(job, cursor, WALK_PAGE)).await?;
             if page.is_empty() {
                 break;
             }
@@ -2797,12 +2769,7 @@ impl Sink for HttpSink {
         let cursors = &self.inner.undo_cursor;
         let mut cursor = lock(cursors).get(&memo).copied();
         loop {
-            let records = {
-                let ledger = ledger.clone();
-                tokio::task::spawn_blocking(move || ledger.records(job, cursor, WALK_PAGE))
-                    .await
-                    .map_err(|e| SinkError::Io(format!("ledger task failed: {e}")))??
-            };
+            let records = on_ledger(&ledger, move |l| l.records(job, cursor, WALK_PAGE)).await?;
             if records.is_empty() {
                 page.done = true;
                 lock(cursors).remove(&memo);

@@ -297,6 +297,22 @@ impl SinkError {
     }
 }
 
+/// An error with its causes, `a: b: c`, each cause once (drivers often
+/// repeat the cause in their own message).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
 /// What undo did to one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -460,6 +476,8 @@ pub trait Sink: Send + Sync + 'static {
     /// Undo up to `limit` records of `job` in `scope`, newest first,
     /// atomically or step by step through the ledger, so an interrupted undo
     /// resumes where it stopped. A record undone once is not visited again.
+    /// A page (like `reconcile`) that fails transiently is called again by
+    /// the engine under the job's retry policy.
     async fn undo(
         &self,
         job: u64,

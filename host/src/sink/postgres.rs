@@ -137,8 +137,9 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::{
     Batch, FailureClass, Ledger, Outcome, Sink, SinkError, UndoAction, UndoEntry, UndoPage,
-    UndoScope,
+    UndoScope, error_chain,
 };
+use crate::lock;
 use crate::record::Value;
 
 /// The table undo information is kept in, in the target schema.
@@ -149,9 +150,6 @@ const MARKER: &str = "sluice-managed";
 const MAX_IDENT: usize = 63;
 /// Connections kept open between batches.
 const IDLE_CONNECTIONS: usize = 4;
-/// Attempts of an undo page on transient failures (the engine does not
-/// retry undo pages).
-const UNDO_ATTEMPTS: u32 = 4;
 /// For undo's queries, which look rows up by key or walk the history's
 /// primary key backwards: statistics of freshly filled tables are often
 /// stale, and a hash join, or a bitmap scan and a sort, would read the whole
@@ -294,25 +292,15 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8 text"))
 }
 
-/// Full URLs (with password) given to this process, by redacted URL: the
-/// engine opens targets from the journal's redacted form.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The URL without its password, as kept in the journal. Refuses URLs that
 /// are not PostgreSQL's or that the driver cannot use.
 pub fn redact(url: &str) -> Result<String, String> {
-    let parsed = Url::parse(url)?;
-    let redacted = parsed.render(true, false);
-    driver_config(&parsed, &redacted)?;
-    parsed.schema()?;
-    Ok(redacted)
+    PgSink::connect(url).map(|s| s.label)
 }
 
 fn driver_config(parsed: &Url<'_>, redacted: &str) -> Result<Config, String> {
     let config = Config::from_str(&parsed.render(false, true))
-        .map_err(|e| format!("invalid PostgreSQL URL {redacted}: {}", chain(&e)))?;
+        .map_err(|e| format!("invalid PostgreSQL URL {redacted}: {}", error_chain(&e)))?;
     if matches!(
         config.get_ssl_mode(),
         tokio_postgres::config::SslMode::Require
@@ -324,21 +312,6 @@ fn driver_config(parsed: &Url<'_>, redacted: &str) -> Result<Config, String> {
         ));
     }
     Ok(config)
-}
-
-/// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 // ---------------------------------------------------------------------------
@@ -814,7 +787,7 @@ impl PgFail {
 /// Classify a driver error; `doing` says what sluice was doing.
 fn classify(e: &tokio_postgres::Error, doing: &str) -> PgFail {
     let Some(db) = e.as_db_error() else {
-        let text = chain(e);
+        let text = error_chain(e);
         // Errors in sluice's use of the driver or the configuration do not
         // heal by waiting; everything else here is the connection.
         let permanent = [
@@ -987,6 +960,11 @@ impl PgSink {
         })
     }
 
+    /// The URL without its password, as the journal keeps it.
+    pub fn redacted(&self) -> &str {
+        &self.label
+    }
+
     /// The schema records go to.
     pub fn schema(&self) -> &str {
         &self.schema
@@ -1017,7 +995,7 @@ impl PgSink {
         let label = self.label.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(target = %label, "PostgreSQL connection ended: {}", chain(&e));
+                tracing::debug!(target = %label, "PostgreSQL connection ended: {}", error_chain(&e));
             }
         });
         Ok(Conn {
@@ -1244,20 +1222,22 @@ impl PgSink {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         // Group records by kind and layout: one statement per group.
         let mut groups: Vec<Group> = Vec::new();
-        let mut by_layout: HashMap<(String, usize), usize> = HashMap::new();
-        let mut by_fields: HashMap<(String, Vec<String>), usize> = HashMap::new();
+        // Records of a batch share a few layouts: look each (kind, layout)
+        // up once, borrowing from the batch.
+        let mut by_layout: HashMap<(&str, usize), usize> = HashMap::new();
+        let mut by_fields: HashMap<(&str, &[String]), usize> = HashMap::new();
         let mut group_of = Vec::with_capacity(n);
         for item in &batch.items {
             let layout = item.record.layout();
-            let g = match by_layout.get(&(item.kind.clone(), Arc::as_ptr(layout) as usize)) {
+            let g = match by_layout.get(&(item.kind.as_str(), Arc::as_ptr(layout) as usize)) {
                 Some(g) => *g,
                 None => {
-                    let key = (item.kind.clone(), layout.fields.clone());
+                    let key = (item.kind.as_str(), layout.fields.as_slice());
                     let g = *by_fields.entry(key).or_insert_with(|| {
                         groups.push(Group::new(&item.kind, &layout.fields));
                         groups.len() - 1
                     });
-                    by_layout.insert((item.kind.clone(), Arc::as_ptr(layout) as usize), g);
+                    by_layout.insert((item.kind.as_str(), Arc::as_ptr(layout) as usize), g);
                     g
                 }
             };
@@ -1546,7 +1526,6 @@ impl PgSink {
                 action: UndoAction::Unchanged,
                 message: None,
             })
-            .filter(|e| scope.covers(e.part as u32, e.ordinal as u64))
             .collect();
         let done = rows.len() < limit;
         let mut names: Vec<String> = entries.iter().map(|e| e.table.clone()).collect();
@@ -2196,10 +2175,9 @@ impl Sink for PgSink {
         limit: usize,
         _ledger: Arc<dyn Ledger>,
     ) -> Result<UndoPage, SinkError> {
-        let mut attempt = 0;
+        // Transient failures are retried by the engine, page by page.
         let mut careful = false;
         loop {
-            attempt += 1;
             let result = match self.checkout().await {
                 Ok(mut conn) => {
                     let r = self.undo_page(&mut conn, job, scope, limit, careful).await;
@@ -2215,13 +2193,6 @@ impl Sink for PgSink {
                 Err(f) if f.class == Class::Record && !careful => {
                     tracing::info!(job, "{}; undoing this page record by record", f.message);
                     careful = true;
-                }
-                Err(f)
-                    if matches!(f.class, Class::Transient | Class::Stale)
-                        && attempt < UNDO_ATTEMPTS =>
-                {
-                    tracing::warn!(job, attempt, "{}; retrying", f.message);
-                    tokio::time::sleep(Duration::from_millis(250) * attempt).await;
                 }
                 Err(f) => return Err(f.sink_error()),
             }
