@@ -2,22 +2,11 @@
 //! plugin their extension selects; hostile archives end with a named reason,
 //! leave nothing behind and write nothing outside the spool.
 
-use std::io::Write;
 use std::path::Path;
 
 use sluice::journal::JobState;
-use zip::write::SimpleFileOptions;
 
-use crate::common::Fixture;
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, bytes) in entries {
-        w.start_file(*name, SimpleFileOptions::default()).unwrap();
-        w.write_all(bytes).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
+use crate::common::{Fixture, zip_of};
 
 #[test]
 fn a_zip_upload_is_expanded_into_parts_each_with_its_plugin() {

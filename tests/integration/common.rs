@@ -113,9 +113,7 @@ impl Fixture {
 
     /// The store as `sluice store export` prints it.
     pub fn export(&self) -> String {
-        let mut out = Vec::new();
-        self.engine.store().export(None, &mut out).unwrap();
-        String::from_utf8(out).unwrap()
+        export(&self.engine)
     }
 
     /// The job's rejected and failed records, with their ordinals.
@@ -131,11 +129,20 @@ impl Fixture {
         out
     }
 
+    /// What undoing `job` did with `action`, in undo order.
+    pub fn undo_entries(
+        &self,
+        job: u64,
+        action: sluice::sink::UndoAction,
+    ) -> Vec<sluice::sink::UndoEntry> {
+        let mut entries = self.engine.journal().undo_entries(job).unwrap();
+        entries.retain(|e| e.action == action);
+        entries
+    }
+
     /// Files left in the spool, temporary ones included.
     pub fn spool_files(&self) -> Vec<String> {
-        let mut f = self.engine.spool().files().unwrap();
-        f.extend(self.engine.spool().temporary_files().unwrap());
-        f
+        spool_files(&self.engine)
     }
 
     /// Install the hostile guest for every tenant.
@@ -145,6 +152,20 @@ impl Fixture {
             .install("hostile.wasm", &hostile_bytes(), None)
             .unwrap();
     }
+}
+
+/// The engine's store as `sluice store export` prints it.
+pub fn export(engine: &Engine) -> String {
+    let mut out = Vec::new();
+    engine.store().export(None, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// Files left in the engine's spool, temporary ones included.
+pub fn spool_files(engine: &Engine) -> Vec<String> {
+    let mut f = engine.spool().files().unwrap();
+    f.extend(engine.spool().temporary_files().unwrap());
+    f
 }
 
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -217,4 +238,67 @@ pub fn jobs_of(cmd: &mut Command) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// `bytes` as the file `name` in the tests' scratch directory. Written to a
+/// temporary name and renamed, because a child process of another test may
+/// be reading the file at that moment.
+pub fn test_input(name: &str, bytes: &[u8]) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tmp = path.with_extension(format!("partial-{}-{n}", std::process::id()));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+/// A ZIP archive of `entries` (name, content), deflated.
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, bytes) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(&mut w, bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// `id,v` rows `{i},{tag}{i}` for `i` in `range`, with a header.
+pub fn id_v_rows(range: std::ops::RangeInclusive<u32>, tag: &str) -> Vec<u8> {
+    let mut s = String::from("id,v\n");
+    for i in range {
+        s.push_str(&format!("{i},{tag}{i}\n"));
+    }
+    s.into_bytes()
+}
+
+/// The crash points of `family` (the part of the name before the dot), in
+/// the order a job meets them.
+pub fn crash_points(family: &str) -> Vec<&'static str> {
+    let points: Vec<_> = sluice::faults::POINTS
+        .iter()
+        .copied()
+        .filter(|p| p.split('.').next() == Some(family))
+        .collect();
+    assert!(!points.is_empty(), "no crash points named {family}.*");
+    points
+}
+
+/// Run `once` with `point:1`, `point:2` ... (kill at the n-th time the point
+/// is reached) until a run is not killed, because it got past the point's
+/// last occurrence, as SQLite's crash tests do. `once` returns whether the
+/// child was killed. Returns how many runs were.
+pub fn at_every_occurrence(point: &str, mut once: impl FnMut(&str) -> bool) -> usize {
+    let mut crashes = 0;
+    for nth in 1.. {
+        if !once(&format!("{point}:{nth}")) {
+            assert!(nth > 1, "{point} is never reached");
+            break;
+        }
+        crashes += 1;
+    }
+    crashes
 }

@@ -10,7 +10,7 @@ use sluice::sink::embedded::EmbeddedStore;
 use sluice::sink::{Batch, Ledger, Outcome, Sink, SinkError, UndoPage, UndoScope};
 use sluice::spool::RealFs;
 
-use crate::common::{Fixture, csv_rows, test_config};
+use crate::common::{Fixture, csv_rows, id_v_rows, test_config};
 
 #[test]
 fn bad_records_are_isolated_and_reported_with_their_text() {
@@ -21,6 +21,12 @@ fn bad_records_are_isolated_and_reported_with_their_text() {
     assert!(job.totals_exact);
     let c = &job.counts;
     assert_eq!((c.scanned, c.rejected, c.applied, c.failed), (5, 2, 3, 0));
+    let p = f.engine.progress(job.id).unwrap();
+    assert_eq!(
+        (p.state, p.total, p.processed, p.applied, p.rejected),
+        (JobState::Completed, Some(5), 5, 3, 2)
+    );
+    assert_eq!(p.scanned_bytes, p.bytes);
     assert_eq!(
         f.export(),
         concat!(
@@ -237,25 +243,31 @@ impl Sink for Faltering {
     }
 }
 
-fn faltering_engine(
-    dir: &std::path::Path,
+/// A data directory with an engine whose target is a [`Faltering`] sink.
+fn faltering_fixture(
     interval: u64,
     sink: impl FnOnce(Arc<EmbeddedStore>) -> Faltering,
-) -> (Engine, Arc<Faltering>) {
-    let store = Arc::new(EmbeddedStore::open(&dir.join("store.redb")).unwrap());
+) -> (Fixture, Arc<Faltering>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
     let sink = Arc::new(sink(store.clone()));
     let engine = Engine::with_storage(
-        dir,
+        dir.path(),
         test_config(interval),
         Storage {
-            journal: Journal::open(&dir.join("journal.redb")).unwrap(),
+            journal: Journal::open(&dir.path().join("journal.redb")).unwrap(),
             store,
             spool_fs: Arc::new(RealFs),
         },
         Some(sink.clone() as Arc<dyn Sink>),
     )
     .unwrap();
-    (engine, sink)
+    let f = Fixture {
+        dir,
+        engine,
+        rt: crate::common::runtime(),
+    };
+    (f, sink)
 }
 
 fn faltering(store: Arc<EmbeddedStore>) -> Faltering {
@@ -270,16 +282,10 @@ fn faltering(store: Arc<EmbeddedStore>) -> Faltering {
 
 #[test]
 fn a_record_the_target_refuses_fails_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, _) = faltering_engine(dir.path(), 4, |s| Faltering {
+    let (f, _) = faltering_fixture(4, |s| Faltering {
         refuse_key: Some("5".into()),
         ..faltering(s)
     });
-    let f = Fixture {
-        dir,
-        engine,
-        rt: crate::common::runtime(),
-    };
     let job = f.import("rows.csv", &csv_rows(10, 0), |r| r.key = Some("id".into()));
     assert_eq!(job.state, JobState::Completed);
     assert_eq!((job.counts.applied, job.counts.failed), (9, 1));
@@ -294,16 +300,10 @@ fn a_record_the_target_refuses_fails_alone() {
 
 #[test]
 fn transient_target_errors_are_retried_without_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, sink) = faltering_engine(dir.path(), 4, |s| Faltering {
+    let (f, sink) = faltering_fixture(4, |s| Faltering {
         transient_until: 3,
         ..faltering(s)
     });
-    let f = Fixture {
-        dir,
-        engine,
-        rt: crate::common::runtime(),
-    };
     let job = f.import("rows.csv", &csv_rows(10, 0), |_| {});
     assert_eq!((job.counts.applied, job.counts.failed), (10, 0));
     assert_eq!(
@@ -319,16 +319,10 @@ fn a_stop_between_target_write_and_journal_commit_resumes_exactly_once() {
     let reference = Fixture::new(4);
     reference.import("rows.csv", &csv_rows(20, 7), |r| r.key = Some("id".into()));
 
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, _) = faltering_engine(dir.path(), 4, |s| Faltering {
+    let (f, _) = faltering_fixture(4, |s| Faltering {
         io_at: Some(2),
         ..faltering(s)
     });
-    let f = Fixture {
-        dir,
-        engine,
-        rt: crate::common::runtime(),
-    };
     let id = f
         .submit("rows.csv", &csv_rows(20, 7), |r| r.key = Some("id".into()))
         .job();
@@ -351,16 +345,10 @@ fn a_stop_between_target_write_and_journal_commit_resumes_exactly_once() {
 
 #[test]
 fn a_plugin_that_resumes_differently_is_caught_before_applying() {
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, _) = faltering_engine(dir.path(), 2, |s| Faltering {
+    let (f, _) = faltering_fixture(2, |s| Faltering {
         io_at: Some(2),
         ..faltering(s)
     });
-    let f = Fixture {
-        dir,
-        engine,
-        rt: crate::common::runtime(),
-    };
     f.install_hostile();
     let id = f
         .submit("lines.txt", b"a\nb\nc\nd\ne\nf\n", |r| {
@@ -405,15 +393,12 @@ fn progress_is_derived_from_the_journal() {
 #[test]
 fn undo_removes_what_a_job_created_and_keeps_what_changed_since() {
     let f = Fixture::new(4);
-    let rows = |range: std::ops::RangeInclusive<u32>, tag: &str| {
-        let mut s = String::from("id,v\n");
-        for i in range {
-            s.push_str(&format!("{i},{tag}{i}\n"));
-        }
-        s.into_bytes()
-    };
-    let a = f.import("t.csv", &rows(1..=5, "a"), |r| r.key = Some("id".into()));
-    let b = f.import("t.csv", &rows(3..=7, "b"), |r| r.key = Some("id".into()));
+    let a = f.import("t.csv", &id_v_rows(1..=5, "a"), |r| {
+        r.key = Some("id".into())
+    });
+    let b = f.import("t.csv", &id_v_rows(3..=7, "b"), |r| {
+        r.key = Some("id".into())
+    });
     // Undo A: 1 and 2 are A's and go; 3..5 were changed by B since and stay.
     let undone = f.rt.block_on(f.engine.undo(a.id)).unwrap();
     assert_eq!(undone.state, JobState::Undone);
@@ -422,15 +407,8 @@ fn undo_removes_what_a_job_created_and_keeps_what_changed_since() {
         undone.undo_counts.get("kept: changed since import"),
         Some(&3)
     );
-    let kept: Vec<_> = f
-        .engine
-        .journal()
-        .undo_entries(a.id)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.action == sluice::sink::UndoAction::KeptChanged)
-        .map(|e| e.key)
-        .collect();
+    let kept = f.undo_entries(a.id, sluice::sink::UndoAction::KeptChanged);
+    let kept: Vec<_> = kept.into_iter().map(|e| e.key).collect();
     assert_eq!(kept, ["5", "4", "3"]);
     // Undo B: 6 and 7 go, 3..5 get A's values back (B's before-images).
     let undone = f.rt.block_on(f.engine.undo(b.id)).unwrap();
@@ -444,7 +422,27 @@ fn undo_removes_what_a_job_created_and_keeps_what_changed_since() {
     );
     // Undone jobs cannot be undone again; dry runs have nothing to undo.
     assert!(f.rt.block_on(f.engine.undo(b.id)).is_err());
-    let dry = f.import("t.csv", &rows(1..=2, "d"), |r| r.dry_run = true);
+    let dry = f.import("t.csv", &id_v_rows(1..=2, "d"), |r| r.dry_run = true);
     let err = f.rt.block_on(f.engine.undo(dry.id)).unwrap_err();
     assert!(err.to_string().contains("dry run"), "{err}");
+}
+
+#[test]
+fn the_cli_report_shows_the_first_errors_and_counts_the_rest() {
+    let dir = crate::common::fresh_data_dir();
+    // 300 rows, every second one ragged: 150 errors.
+    let input = crate::common::test_input("report-input.csv", &csv_rows(300, 2));
+    let out = crate::common::run(
+        crate::common::sluice_cmd(dir.path(), "64")
+            .args(["import", "--key", "id"])
+            .arg(&input),
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let shown = stderr
+        .lines()
+        .filter(|l| l.starts_with("  record "))
+        .count();
+    assert_eq!(shown, 100, "{stderr}");
+    assert!(stderr.contains("  ... and 50 more"), "{stderr}");
 }

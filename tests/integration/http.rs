@@ -428,11 +428,7 @@ fn undo_removes_what_the_import_created_restores_what_it_replaced_and_keeps_what
             ("restored", 1)
         ]
     );
-    let entries = f.engine.journal().undo_entries(job.id).unwrap();
-    let kept: Vec<_> = entries
-        .iter()
-        .filter(|e| e.action == UndoAction::KeptChanged)
-        .collect();
+    let kept = f.undo_entries(job.id, UndoAction::KeptChanged);
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].key, "C-2");
     let why = kept[0].message.as_deref().unwrap_or_default();
@@ -622,12 +618,8 @@ fn a_compensation_that_cannot_succeed_is_reported_never_silent() {
         undone.undo_counts
     );
     let failed: Vec<_> = f
-        .engine
-        .journal()
-        .undo_entries(job.id)
-        .unwrap()
+        .undo_entries(job.id, UndoAction::Failed)
         .into_iter()
-        .filter(|e| e.action == UndoAction::Failed)
         .map(|e| (e.key, e.message.unwrap_or_default()))
         .collect();
     assert!(

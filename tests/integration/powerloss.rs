@@ -17,7 +17,7 @@ use sluice::journal::{JobState, Journal};
 use sluice::sink::embedded::EmbeddedStore;
 use sluice::spool::{ReadSeek, SpoolFs, SpoolWrite};
 
-use crate::common::{csv_rows, runtime, test_config};
+use crate::common::{csv_rows, export, runtime, test_config};
 
 /// Counts storage operations and cuts the power after `cut_after` of them.
 #[derive(Debug)]
@@ -338,12 +338,6 @@ fn import(
     })
 }
 
-fn export(engine: &Engine) -> String {
-    let mut out = Vec::new();
-    engine.store().export(None, &mut out).unwrap();
-    String::from_utf8(out).unwrap()
-}
-
 #[test]
 fn cutting_the_power_after_any_storage_operation_loses_and_duplicates_nothing() {
     let rt = runtime();
@@ -391,8 +385,7 @@ fn cutting_the_power_after_any_storage_operation_loses_and_duplicates_nothing() 
         let jobs = engine.journal().jobs().unwrap();
         assert_eq!(jobs.len(), 1, "k={k}: one job for one import");
         assert_eq!(export(&engine), expected, "k={k}: store differs");
-        let mut left = engine.spool().files().unwrap();
-        left.extend(engine.spool().temporary_files().unwrap());
+        let left = crate::common::spool_files(&engine);
         assert!(left.is_empty(), "k={k}: spool debris {left:?}");
     }
     eprintln!("power cuts: {cuts} of {total_ops} storage operations cut and recovered");
@@ -421,23 +414,27 @@ proptest::proptest! {
     #[test]
     fn resume_after_a_crash_equals_an_uninterrupted_run(
         spec in proptest::collection::vec((0u16..400, proptest::bool::weighted(0.85)), 1..250),
-        cut in 0u64..4000,
+        cut_at in 0.0f64..1.0,
     ) {
         let rt = runtime();
         let input = rows_from(&spec);
 
         let dir = tempfile::tempdir().unwrap();
         let reference = Machine::new(dir.path());
-        let (engine, _) = reference.boot(dir.path(), u64::MAX);
+        let (engine, power) = reference.boot(dir.path(), u64::MAX);
         let expected_job = import(&engine, &rt, &input).unwrap();
         let expected = export(&engine);
         drop(engine);
+        // Somewhere among the uninterrupted run's storage operations.
+        let cut = (cut_at * power.ops.load(Ordering::SeqCst) as f64) as u64;
 
         let dir = tempfile::tempdir().unwrap();
         let machine = Machine::new(dir.path());
-        if let (Some(engine), _) = machine.try_boot(dir.path(), cut) {
+        let (engine, power) = machine.try_boot(dir.path(), cut);
+        if let Some(engine) = engine {
             let _ = import(&engine, &rt, &input);
         }
+        proptest::prop_assert!(power.is_cut(), "the power was never cut at operation {}", cut);
         let (engine, _) = machine.boot(dir.path(), u64::MAX);
         rt.block_on(engine.recover()).unwrap();
         let job = import(&engine, &rt, &input).unwrap();

@@ -362,3 +362,41 @@ fn loading_is_cached_by_digest() {
     assert_eq!(a.info().name, "hostile");
     assert_eq!(a.interface_version(), "0.1.0");
 }
+
+#[test]
+fn an_installed_plugin_altered_on_disk_is_refused() {
+    use sluice::registry::{Registry, RegistryError};
+    use sluice::sandbox::{Sandbox, SandboxConfig};
+    let process = || {
+        Arc::new(
+            Sandbox::new(SandboxConfig {
+                cache_dir: Some(crate::common::shared_cache()),
+                ..SandboxConfig::default()
+            })
+            .unwrap(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new(dir.path(), process());
+    let entry = registry
+        .install(
+            "hostile.wasm",
+            &crate::common::hostile_bytes(),
+            Some("acme"),
+        )
+        .unwrap();
+    let blob = dir
+        .path()
+        .join("plugins")
+        .join(format!("{}.wasm", entry.digest));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    // This process keeps the component it verified at install ...
+    registry.resolve(Some("acme"), "hostile").unwrap();
+    // ... another one reads the blob and refuses it.
+    let other = Registry::new(dir.path(), process());
+    let e = other.resolve(Some("acme"), "hostile").unwrap_err();
+    assert!(matches!(e, RegistryError::Tampered { .. }), "{e}");
+    assert!(e.to_string().contains("reinstall"), "{e}");
+}
