@@ -274,7 +274,7 @@ struct Segment {
 impl Segment {
     /// Run indices of the entries with fingerprint `fp`.
     fn lookup(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
-        let start = self.fingerprints.partition_point(|&f| f < fp);
+        let start = self.first_at_least(fp);
         self.fingerprints[start..]
             .iter()
             .take_while(move |&&f| f == fp)
@@ -284,6 +284,52 @@ impl Segment {
 
     fn len(&self) -> usize {
         self.fingerprints.len()
+    }
+
+    /// Index of the first fingerprint `>= fp` (the length if none is).
+    ///
+    /// Fingerprints are hash bits, spread evenly over the `u64` range, so
+    /// `fp`'s value says where it should sit: look there first and widen
+    /// the window from there. A few probes near one place instead of a
+    /// binary search's ~20 cache misses per million keys, once per record.
+    fn first_at_least(&self, fp: u64) -> usize {
+        let f = &self.fingerprints;
+        let n = f.len();
+        if n == 0 {
+            return 0;
+        }
+        // < n, as fp < 2^64.
+        let guess = ((u128::from(fp) * n as u128) >> 64) as usize;
+        // Bracket the answer in [lo, hi], doubling the step away from guess.
+        let (mut lo, mut hi);
+        let mut step = 1;
+        if f[guess] < fp {
+            lo = guess + 1;
+            loop {
+                hi = (guess + step).min(n);
+                if hi == n || f[hi] >= fp {
+                    break;
+                }
+                lo = hi + 1;
+                step *= 2;
+            }
+        } else {
+            hi = guess;
+            loop {
+                if step > guess {
+                    lo = 0;
+                    break;
+                }
+                let probe = guess - step;
+                if f[probe] < fp {
+                    lo = probe + 1;
+                    break;
+                }
+                hi = probe;
+                step *= 2;
+            }
+        }
+        lo + f[lo..hi].partition_point(|&x| x < fp)
     }
 
     /// Merge two sorted segments.
@@ -440,7 +486,6 @@ struct Group {
     first: u64,
     last: u64,
     end_offset: u64,
-    digest: Xxh3,
     errors: Vec<(u64, ErrorEntry)>,
     counts: Counts,
 }
@@ -452,7 +497,6 @@ impl Group {
             first,
             last: first.saturating_sub(1),
             end_offset: 0,
-            digest: Xxh3::new(),
             errors: Vec::new(),
             counts: Counts::default(),
         }
@@ -469,9 +513,10 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
     let last = intervals.last().cloned();
     let _span = tracing::info_span!("scan", job = ctx.job, part = ctx.part.index).entered();
-    // Parsing runs on its own thread and hands items over in chunks, so the
-    // plugin keeps one core busy while this thread validates, digests and
-    // commits.
+    // Parsing runs on its own thread, which also digests each item and
+    // finds its identity, and hands summaries over in chunks; this thread
+    // claims keys, records errors and commits. The work splits about
+    // evenly over two cores.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(CHUNKS_IN_FLIGHT);
     std::thread::scope(|scope| {
         let producer = std::thread::Builder::new()
@@ -497,13 +542,67 @@ const CHUNK_ITEMS: usize = 256;
 
 /// What the parse thread sends.
 enum Chunk {
-    Items(Vec<Item>),
-    /// The interval ends after the items sent so far; `resume` is where a
-    /// parse can continue from. `end`: the part ended.
+    Items(Vec<Scanned>),
+    /// The interval ends after the items sent so far; `digest` covers its
+    /// items, `resume` is where a parse can continue from. `end`: the part
+    /// ended.
     Cut {
+        digest: String,
         resume: Option<Checkpoint>,
         end: bool,
     },
+}
+
+/// What validation needs of one item. The parse thread reduces each item
+/// to this (digesting it, finding its identity and hashing its key), so the
+/// records are dropped on the thread that built them and the two threads
+/// share the work about evenly.
+enum Scanned {
+    Record {
+        location: Location,
+        check: Checked,
+    },
+    /// A record error or the fatal error that ended the part (counted
+    /// alike).
+    Error(RecordError),
+}
+
+/// A record's identity, as far as pass 1 cares.
+enum Checked {
+    /// A key to claim: the hash of kind and key.
+    Key([u8; 16]),
+    /// A key derived from the record's position: unique by construction.
+    Derived,
+    Invalid {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+}
+
+impl Scanned {
+    fn of(ctx: &PartCtx, item: Item) -> Option<Self> {
+        Some(match item {
+            Item::Record(r) => Scanned::Record {
+                location: r.location(),
+                check: match ctx.identity(&r) {
+                    Identity::Valid { derived: true, .. } => Checked::Derived,
+                    Identity::Valid { kind, key, .. } => Checked::Key(key_hash(&kind, &key)),
+                    Identity::Invalid {
+                        code,
+                        message,
+                        field,
+                    } => Checked::Invalid {
+                        code,
+                        message,
+                        field,
+                    },
+                },
+            },
+            Item::Error(error) | Item::Fatal(error) => Scanned::Error(error),
+            Item::End => return None,
+        })
+    }
 }
 
 /// Parse the part from where the journal says pass 1 stopped, cutting it
@@ -517,6 +616,7 @@ fn parse_chunks(
     let (mut parse, skip_to) = ctx.open(last)?;
     let mut chunk = Vec::with_capacity(CHUNK_ITEMS);
     let (mut items, mut bytes) = (0u64, 0u64);
+    let mut digest = Xxh3::new();
     let send = |c: Chunk| tx.send(Ok(c)).map_err(|_| PassError::Stopped);
     loop {
         if ctx.stopped() {
@@ -537,7 +637,10 @@ fn parse_chunks(
             if let Item::Record(r) = &item {
                 bytes += r.size_bytes() as u64;
             }
-            chunk.push(item);
+            digest_item(&mut digest, &item);
+        }
+        if let Some(scanned) = Scanned::of(ctx, item) {
+            chunk.push(scanned);
         }
         let full = items >= ctx.config.interval_items || bytes >= ctx.config.interval_bytes;
         if chunk.len() == CHUNK_ITEMS || full || end {
@@ -548,7 +651,12 @@ fn parse_chunks(
         }
         if full || end {
             let resume = if end { None } else { parse.checkpoint()? };
-            send(Chunk::Cut { resume, end })?;
+            let digest = digest_hex(&std::mem::replace(&mut digest, Xxh3::new()));
+            send(Chunk::Cut {
+                digest,
+                resume,
+                end,
+            })?;
             (items, bytes) = (0, 0);
             if end {
                 return Ok(());
@@ -573,22 +681,29 @@ fn validate_chunks(
         };
         match chunk? {
             Chunk::Items(items) => {
-                for item in &items {
+                for item in items {
                     accept(ctx, &mut group, keys, item)?;
                     if group.counts.scanned == ctx.config.interval_items / 2 {
                         faults::point("scan.mid-interval");
                     }
                 }
             }
-            Chunk::Cut { resume, end } => {
+            Chunk::Cut {
+                digest,
+                resume,
+                end,
+            } => {
                 let scanned_to = group.end_offset.max(offset_before);
                 commit(
                     ctx,
                     &mut group,
                     keys,
-                    resume,
-                    end,
-                    scanned_to - offset_before,
+                    Cut {
+                        digest,
+                        resume,
+                        done: end,
+                        scanned_bytes: scanned_to - offset_before,
+                    },
                 )?;
                 offset_before = scanned_to;
                 if end {
@@ -600,21 +715,17 @@ fn validate_chunks(
 }
 
 /// Account one item to the group.
-fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: &Item) -> Result<(), PassError> {
-    digest_item(&mut g.digest, item);
+fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: Scanned) -> Result<(), PassError> {
     g.counts.scanned += 1;
     match item {
-        Item::Record(r) => {
-            let loc = r.location();
+        Scanned::Record {
+            location: loc,
+            check,
+        } => {
             g.last = loc.ordinal;
             g.end_offset = loc.end();
-            match ctx.identity(r) {
-                Identity::Valid {
-                    kind,
-                    key,
-                    derived: false,
-                } => {
-                    let hash = key_hash(&kind, &key);
+            match check {
+                Checked::Key(hash) => {
                     if let Some((first, line)) =
                         keys.claim(&ctx.journal, ctx.job, hash, (loc.ordinal, loc.line))?
                     {
@@ -632,8 +743,8 @@ fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: &Item) -> Resul
                         reject(g, loc.ordinal, e);
                     }
                 }
-                Identity::Valid { derived: true, .. } => {}
-                Identity::Invalid {
+                Checked::Derived => {}
+                Checked::Invalid {
                     code,
                     message,
                     field,
@@ -643,19 +754,12 @@ fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: &Item) -> Resul
                 }
             }
         }
-        Item::Error(e) | Item::Fatal(e) => {
+        Scanned::Error(e) => {
             g.last = e.location.ordinal;
             g.end_offset = e.location.end();
-            let entry = ctx.error_entry(
-                Stage::Parse,
-                &e.code,
-                &e.message,
-                e.field.clone(),
-                e.location,
-            )?;
+            let entry = ctx.error_entry(Stage::Parse, &e.code, &e.message, e.field, e.location)?;
             reject(g, e.location.ordinal, entry);
         }
-        Item::End => {}
     }
     Ok(())
 }
@@ -665,23 +769,34 @@ fn reject(g: &mut Group, ordinal: u64, e: ErrorEntry) {
     g.errors.push((ordinal, e));
 }
 
-/// Commit the group: interval, errors, keys, counters. Starts the next group.
-fn commit(
-    ctx: &PartCtx,
-    g: &mut Group,
-    keys: &mut KeySet,
+/// Where the parse thread cut an interval.
+struct Cut {
+    /// Digest of the interval's items.
+    digest: String,
+    /// Where a parse can continue from.
     resume: Option<Checkpoint>,
+    /// The part ended.
     done: bool,
+    /// Input bytes the interval covers.
     scanned_bytes: u64,
-) -> Result<(), PassError> {
+}
+
+/// Commit the group: interval, errors, keys, counters. Starts the next group.
+fn commit(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, cut: Cut) -> Result<(), PassError> {
     faults::point("scan.before-commit");
+    let Cut {
+        digest,
+        resume,
+        done,
+        scanned_bytes,
+    } = cut;
     let mut finished = std::mem::replace(g, Group::new(g.seq + 1, g.last + 1));
     finished.counts.scanned_bytes = scanned_bytes;
-    let interval = (!finished.is_empty()).then(|| Interval {
+    let interval = (!finished.is_empty()).then_some(Interval {
         first: finished.first,
         last: finished.last,
         end_offset: finished.end_offset,
-        digest: digest_hex(&finished.digest),
+        digest,
         resume,
     });
     let run = keys.pending_run();
@@ -714,6 +829,32 @@ fn commit(
 #[cfg(test)]
 mod key_set_tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn first_at_least_agrees_with_a_binary_search(
+            mut fps in proptest::collection::vec(any::<u64>(), 0..300),
+            skewed in any::<bool>(),
+            probes in proptest::collection::vec(any::<u64>(), 1..20),
+        ) {
+            if skewed {
+                // Bunched values defeat the guess: the search must still be right.
+                for f in &mut fps {
+                    *f >>= 50;
+                }
+            }
+            fps.sort_unstable();
+            let seg = Segment { runs: vec![0; fps.len()], fingerprints: fps.clone() };
+            let mut all = probes;
+            all.extend(fps.iter().copied());
+            all.extend(fps.iter().map(|f| f.wrapping_add(1)));
+            all.extend([0, u64::MAX]);
+            for fp in all {
+                prop_assert_eq!(seg.first_at_least(fp), fps.partition_point(|&x| x < fp), "fp {}", fp);
+            }
+        }
+    }
 
     #[test]
     fn segments_merge_and_find_every_key() {
