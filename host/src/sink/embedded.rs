@@ -7,15 +7,23 @@
 //! |---|---|---|
 //! | `records` | (tenant, kind, key) | encoded record (below) |
 //! | `layouts` | layout id | JSON `{kind, fields}` |
-//! | `history` | (job, part, ordinal) | what undo needs: identity and before-image |
+//! | `history` | (job, part, first ordinal) | one batch's undo log: per record, identity and before-image |
 //!
-//! A history entry is written in the same transaction as its record, and
-//! only if absent: when a batch is applied again after a crash, the entry
-//! keeps the true before-image (the state before this job), not the job's
-//! own earlier write. Every value carries its provenance (job, part,
-//! ordinal), so undo tells a record still as the job left it from one
-//! another job changed since. Undo consumes entries in the transaction that
-//! restores their records, so an interrupted undo resumes where it stopped.
+//! A batch's history is one value written in the same transaction as its
+//! records (one B-tree insert per batch rather than per record: half the
+//! tree work of an apply). When a batch is applied again after a crash, the
+//! entries already logged win: they hold the true before-image (the state
+//! before this job), not the job's own earlier write. Every record value
+//! carries its provenance (job, part, ordinal), so undo tells a record still
+//! as the job left it from one another job changed since. Undo consumes
+//! entries newest first in the transaction that restores their records,
+//! writing back what is left of a batch's log, so an interrupted undo resumes
+//! where it stopped.
+//!
+//! A history value is: the tenant (u32 length and bytes), then per record in
+//! ascending ordinal order: ordinal (u64), kind and key (each a u32 length
+//! and bytes), a before flag byte and, if 1, the before-image (u32 length
+//! and bytes).
 //!
 //! A record value is: version byte (1), job (u64), part (u32), ordinal
 //! (u64), layout id (u64), value count (u32), each value as a tag byte and
@@ -40,7 +48,9 @@ use crate::record::{Layout, Record, Slot, Value};
 
 const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
 const LAYOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("layouts");
-const HISTORY: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("history");
+// Named for its format: a store written with per-record history entries
+// (an earlier development format) is not read as batch logs.
+const HISTORY: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("history-batches");
 
 const VERSION: u8 = 1;
 
@@ -259,9 +269,12 @@ impl EmbeddedStore {
         Ok(EmbeddedStore { db })
     }
 
-    /// Upsert a batch and its history entries in one transaction.
+    /// Upsert a batch and its history in one transaction.
     pub fn apply_sync(&self, batch: &Batch) -> Result<(), SinkError> {
         let io = |e: &dyn std::fmt::Display| SinkError::Io(e.to_string());
+        let Some(first) = batch.items.first().map(|i| i.ordinal) else {
+            return Ok(());
+        };
         let mut txn = self.db.begin_write().map_err(|e| io(&e))?;
         txn.set_two_phase_commit(true);
         {
@@ -271,6 +284,7 @@ impl EmbeddedStore {
             // Records of a batch share a few layouts: look each up once.
             let mut ids: HashMap<*const Layout, u64> = HashMap::new();
             let mut buf = Vec::new();
+            let mut log = BatchLog::new(&batch.tenant);
             for item in &batch.items {
                 let ptr = Arc::as_ptr(item.record.layout());
                 let id = match ids.get(&ptr) {
@@ -296,25 +310,34 @@ impl EmbeddedStore {
                 let identity = (batch.tenant.as_str(), item.kind.as_str(), item.key.as_str());
                 let before = records
                     .insert(identity, buf.as_slice())
-                    .map_err(|e| io(&e))?
-                    .map(|v| v.value().to_vec());
-                let at = (batch.job, batch.part, item.ordinal);
-                let entry = History {
-                    tenant: &batch.tenant,
-                    kind: &item.kind,
-                    key: &item.key,
-                    before: before.as_deref(),
-                };
-                // One lookup, not two: insert, and on a replay put the first
-                // (true) before-image back.
-                let replaced = history
-                    .insert(at, entry.encode().as_slice())
-                    .map_err(|e| io(&e))?
-                    .map(|v| v.value().to_vec());
-                if let Some(first) = replaced {
-                    history.insert(at, first.as_slice()).map_err(|e| io(&e))?;
-                }
+                    .map_err(|e| io(&e))?;
+                log.push(
+                    item.ordinal,
+                    &item.kind,
+                    &item.key,
+                    before.as_ref().map(|v| v.value()),
+                );
             }
+            let at = (batch.job, batch.part, first);
+            let earlier = history
+                .get(at)
+                .map_err(|e| io(&e))?
+                .map(|v| v.value().to_vec());
+            let value = match earlier {
+                // Applied again after a crash: keep what was logged first.
+                Some(earlier) => {
+                    let earlier = BatchLog::decode(&earlier).ok_or_else(|| {
+                        SinkError::Io(format!(
+                            "history of job {} part {} from record {first} is corrupt",
+                            batch.job, batch.part
+                        ))
+                    })?;
+                    let fresh = BatchLog::decode(&log.out).expect("just encoded");
+                    merge_logs(&batch.tenant, earlier, fresh)
+                }
+                None => log.out,
+            };
+            history.insert(at, value.as_slice()).map_err(|e| io(&e))?;
         }
         crate::faults::point("apply.mid-target-commit");
         txn.commit().map_err(|e| io(&e))
@@ -335,61 +358,92 @@ impl EmbeddedStore {
         {
             let mut records = txn.open_table(RECORDS).map_err(|e| io(&e))?;
             let mut history = txn.open_table(HISTORY).map_err(|e| io(&e))?;
-            let mut due: Vec<((u64, u32, u64), Vec<u8>)> = Vec::new();
+            // The newest batch logs holding `limit` entries in scope (or all
+            // of them): what this page works through.
+            let mut due: Vec<((u64, u32, u64), OwnedLog)> = Vec::new();
+            let mut found = 0;
             for entry in history
                 .range((job, 0, 0)..=(job, u32::MAX, u64::MAX))
                 .map_err(|e| io(&e))?
                 .rev()
             {
-                let (k, v) = entry.map_err(|e| io(&e))?;
-                let (_, part, ordinal) = k.value();
-                if !scope.covers(part, ordinal) {
-                    continue;
-                }
-                if due.len() == limit {
+                if found >= limit {
                     break;
                 }
-                due.push((k.value(), v.value().to_vec()));
-            }
-            page.done = due.len() < limit;
-            for ((_, part, ordinal), bytes) in due {
-                let h = OwnedHistory::decode(&bytes).ok_or_else(|| {
-                    SinkError::Io(format!("history entry {job}/{part}/{ordinal} is corrupt"))
+                let (k, v) = entry.map_err(|e| io(&e))?;
+                let (_, part, first) = k.value();
+                let log = BatchLog::decode(v.value()).ok_or_else(|| {
+                    SinkError::Io(format!(
+                        "history of job {job} part {part} from record {first} is corrupt"
+                    ))
                 })?;
-                let identity = (h.tenant.as_str(), h.kind.as_str(), h.key.as_str());
-                let current = records
-                    .get(identity)
-                    .map_err(|e| io(&e))?
-                    .map(|v| v.value().to_vec());
-                let ours = current
-                    .as_deref()
-                    .and_then(provenance)
-                    .is_some_and(|p| p == (job, part, ordinal));
-                let action = if ours {
-                    match &h.before {
-                        Some(b) => {
-                            records.insert(identity, b.as_slice()).map_err(|e| io(&e))?;
-                            UndoAction::Restored
-                        }
-                        None => {
-                            records.remove(identity).map_err(|e| io(&e))?;
-                            UndoAction::Removed
-                        }
+                let in_scope = log
+                    .entries
+                    .iter()
+                    .filter(|e| scope.covers(part, e.ordinal))
+                    .count();
+                if in_scope > 0 {
+                    found += in_scope;
+                    due.push((k.value(), log));
+                }
+            }
+            page.done = found < limit;
+            let mut budget = limit;
+            for ((_, part, first), mut log) in due {
+                // Newest first; what is left is a prefix of the log: entries
+                // out of scope (at or below a watermark) and those past the
+                // budget.
+                let mut keep = log.entries.len();
+                while keep > 0 && budget > 0 {
+                    let e = &log.entries[keep - 1];
+                    if !scope.covers(part, e.ordinal) {
+                        break;
                     }
-                } else if current.as_deref() == h.before.as_deref() {
-                    UndoAction::Unchanged
-                } else {
-                    UndoAction::KeptChanged
-                };
-                history.remove((job, part, ordinal)).map_err(|e| io(&e))?;
-                page.entries.push(UndoEntry {
-                    part,
-                    ordinal,
-                    kind: h.kind,
-                    key: h.key,
-                    action,
-                    message: None,
-                });
+                    let identity = (log.tenant.as_str(), e.kind.as_str(), e.key.as_str());
+                    let current = records
+                        .get(identity)
+                        .map_err(|e| io(&e))?
+                        .map(|v| v.value().to_vec());
+                    let ours = current
+                        .as_deref()
+                        .and_then(provenance)
+                        .is_some_and(|p| p == (job, part, e.ordinal));
+                    let action = if ours {
+                        match &e.before {
+                            Some(b) => {
+                                records.insert(identity, b.as_slice()).map_err(|e| io(&e))?;
+                                UndoAction::Restored
+                            }
+                            None => {
+                                records.remove(identity).map_err(|e| io(&e))?;
+                                UndoAction::Removed
+                            }
+                        }
+                    } else if current.as_deref() == e.before.as_deref() {
+                        UndoAction::Unchanged
+                    } else {
+                        UndoAction::KeptChanged
+                    };
+                    page.entries.push(UndoEntry {
+                        part,
+                        ordinal: e.ordinal,
+                        kind: e.kind.clone(),
+                        key: e.key.clone(),
+                        action,
+                        message: None,
+                    });
+                    keep -= 1;
+                    budget -= 1;
+                }
+                if keep == 0 {
+                    history.remove((job, part, first)).map_err(|e| io(&e))?;
+                } else if keep < log.entries.len() {
+                    log.entries.truncate(keep);
+                    let rest = log.encode();
+                    history
+                        .insert((job, part, first), rest.as_slice())
+                        .map_err(|e| io(&e))?;
+                }
             }
         }
         txn.commit().map_err(|e| io(&e))?;
@@ -482,67 +536,111 @@ fn provenance(value: &[u8]) -> Option<(u64, u32, u64)> {
     Some((d.u64()?, d.u32()?, d.u64()?))
 }
 
-/// A history entry being written.
-struct History<'a> {
-    tenant: &'a str,
-    kind: &'a str,
-    key: &'a str,
-    before: Option<&'a [u8]>,
+/// One batch's history, being written.
+struct BatchLog {
+    out: Vec<u8>,
 }
 
-impl History<'_> {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for s in [
-            self.tenant.as_bytes(),
-            self.kind.as_bytes(),
-            self.key.as_bytes(),
-        ] {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s);
-        }
-        match self.before {
+impl BatchLog {
+    fn new(tenant: &str) -> Self {
+        let mut log = BatchLog { out: Vec::new() };
+        log.text(tenant);
+        log
+    }
+
+    fn text(&mut self, s: &str) {
+        self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    /// Log one record; entries must come in ascending ordinal order.
+    fn push(&mut self, ordinal: u64, kind: &str, key: &str, before: Option<&[u8]>) {
+        self.out.extend_from_slice(&ordinal.to_le_bytes());
+        self.text(kind);
+        self.text(key);
+        match before {
             Some(b) => {
-                out.push(1);
-                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-                out.extend_from_slice(b);
+                self.out.push(1);
+                self.out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                self.out.extend_from_slice(b);
             }
-            None => out.push(0),
+            None => self.out.push(0),
         }
-        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<OwnedLog> {
+        let mut d = Decoder { buf: bytes };
+        fn text(d: &mut Decoder<'_>) -> Option<String> {
+            let n = d.u32()? as usize;
+            String::from_utf8(d.take(n)?.to_vec()).ok()
+        }
+        let tenant = text(&mut d)?;
+        let mut entries = Vec::new();
+        while !d.buf.is_empty() {
+            let ordinal = d.u64()?;
+            let (kind, key) = (text(&mut d)?, text(&mut d)?);
+            let before = match d.u8()? {
+                0 => None,
+                _ => {
+                    let n = d.u32()? as usize;
+                    Some(d.take(n)?.to_vec())
+                }
+            };
+            entries.push(OwnedEntry {
+                ordinal,
+                kind,
+                key,
+                before,
+            });
+        }
+        Some(OwnedLog { tenant, entries })
     }
 }
 
-/// A history entry read back.
-struct OwnedHistory {
+/// One batch's history, read back.
+#[derive(Debug, PartialEq)]
+struct OwnedLog {
     tenant: String,
+    /// In ascending ordinal order.
+    entries: Vec<OwnedEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct OwnedEntry {
+    ordinal: u64,
     kind: String,
     key: String,
     before: Option<Vec<u8>>,
 }
 
-impl OwnedHistory {
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let mut d = Decoder { buf: bytes };
-        let mut text = || -> Option<String> {
-            let n = d.u32()? as usize;
-            String::from_utf8(d.take(n)?.to_vec()).ok()
-        };
-        let (tenant, kind, key) = (text()?, text()?, text()?);
-        let before = match d.u8()? {
-            0 => None,
-            _ => {
-                let n = d.u32()? as usize;
-                Some(d.take(n)?.to_vec())
-            }
-        };
-        Some(OwnedHistory {
-            tenant,
-            kind,
-            key,
-            before,
-        })
+impl OwnedLog {
+    fn encode(&self) -> Vec<u8> {
+        let mut log = BatchLog::new(&self.tenant);
+        for e in &self.entries {
+            log.push(e.ordinal, &e.kind, &e.key, e.before.as_deref());
+        }
+        log.out
     }
+}
+
+/// The log of a batch applied again: entries logged the first time win
+/// (their before-images predate the job); records only the new apply
+/// wrote are added.
+fn merge_logs(tenant: &str, earlier: OwnedLog, fresh: OwnedLog) -> Vec<u8> {
+    let mut entries = earlier.entries;
+    let known: std::collections::HashSet<u64> = entries.iter().map(|e| e.ordinal).collect();
+    entries.extend(
+        fresh
+            .entries
+            .into_iter()
+            .filter(|e| !known.contains(&e.ordinal)),
+    );
+    entries.sort_by_key(|e| e.ordinal);
+    OwnedLog {
+        tenant: tenant.to_owned(),
+        entries,
+    }
+    .encode()
 }
 
 #[async_trait::async_trait]
@@ -576,5 +674,167 @@ impl Sink for Arc<EmbeddedStore> {
         tokio::task::spawn_blocking(move || store.undo_sync(job, &scope, limit))
             .await
             .map_err(|e| SinkError::Io(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Location, Span};
+    use crate::sink::BatchItem;
+
+    fn store() -> (tempfile::TempDir, EmbeddedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        (dir, s)
+    }
+
+    /// A batch of job `job` writing `value` under each key, ordinals from
+    /// `first`.
+    fn batch(job: u64, first: u64, keys: &[&str], value: &str) -> Batch {
+        let layout = Arc::new(Layout::new(None, vec!["v".into()]));
+        let items = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| BatchItem {
+                ordinal: first + i as u64,
+                kind: "item".into(),
+                key: (*key).into(),
+                record: Record {
+                    layout: layout.clone(),
+                    slots: vec![Slot::Text(Span {
+                        start: 0,
+                        len: value.len() as u32,
+                    })],
+                    key: None,
+                    data: value.as_bytes().to_vec(),
+                    location: Location {
+                        offset: 0,
+                        length: 1,
+                        line: 1,
+                        ordinal: first + i as u64,
+                    },
+                },
+            })
+            .collect();
+        Batch {
+            job,
+            part: 0,
+            tenant: "t".into(),
+            items,
+        }
+    }
+
+    /// `key=value` of every stored record, sorted.
+    fn contents(s: &EmbeddedStore) -> Vec<String> {
+        let mut out = Vec::new();
+        s.for_each(None, |r| {
+            out.push(format!("{}={}", r.key, r.fields["v"]));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// Undo `job` in `scope` page by page; the actions taken, in order.
+    fn undo_all(
+        s: &EmbeddedStore,
+        job: u64,
+        scope: &UndoScope,
+        limit: usize,
+    ) -> Vec<(u64, UndoAction)> {
+        let mut done = Vec::new();
+        loop {
+            let page = s.undo_sync(job, scope, limit).unwrap();
+            assert!(page.entries.len() <= limit);
+            done.extend(page.entries.iter().map(|e| (e.ordinal, e.action)));
+            if page.done {
+                return done;
+            }
+        }
+    }
+
+    #[test]
+    fn undo_pages_through_batch_logs_newest_first() {
+        let (_d, s) = store();
+        s.apply_sync(&batch(1, 1, &["a", "b", "c"], "one")).unwrap();
+        s.apply_sync(&batch(2, 1, &["b", "c", "d"], "two")).unwrap();
+        s.apply_sync(&batch(2, 4, &["e"], "two")).unwrap();
+        assert_eq!(
+            contents(&s),
+            [
+                "a=\"one\"",
+                "b=\"two\"",
+                "c=\"two\"",
+                "d=\"two\"",
+                "e=\"two\""
+            ]
+        );
+        // Pages of 2 split the first batch's log of job 2.
+        let undone = undo_all(&s, 2, &UndoScope::Job, 2);
+        assert_eq!(
+            undone,
+            [
+                (4, UndoAction::Removed),
+                (3, UndoAction::Removed),
+                (2, UndoAction::Restored),
+                (1, UndoAction::Restored),
+            ]
+        );
+        assert_eq!(contents(&s), ["a=\"one\"", "b=\"one\"", "c=\"one\""]);
+        // Nothing of job 2 is left to undo; job 1's log is intact.
+        assert!(
+            s.undo_sync(2, &UndoScope::Job, 10)
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        assert_eq!(undo_all(&s, 1, &UndoScope::Job, 10).len(), 3);
+        assert!(contents(&s).is_empty());
+    }
+
+    #[test]
+    fn a_batch_applied_again_keeps_its_first_before_images() {
+        let (_d, s) = store();
+        s.apply_sync(&batch(1, 1, &["a"], "one")).unwrap();
+        let b = batch(2, 1, &["a", "b"], "two");
+        s.apply_sync(&b).unwrap();
+        // A crash before the journal recorded the batch: it is applied again.
+        s.apply_sync(&b).unwrap();
+        assert_eq!(
+            undo_all(&s, 2, &UndoScope::Job, 100),
+            [(2, UndoAction::Removed), (1, UndoAction::Restored)]
+        );
+        assert_eq!(contents(&s), ["a=\"one\""]);
+    }
+
+    #[test]
+    fn unjournaled_scope_leaves_the_journaled_prefix_for_a_later_undo() {
+        let (_d, s) = store();
+        s.apply_sync(&batch(1, 1, &["a", "b", "c", "d"], "one"))
+            .unwrap();
+        let scope = UndoScope::Unjournaled(vec![(0, 2)]);
+        assert_eq!(
+            undo_all(&s, 1, &scope, 1),
+            [(4, UndoAction::Removed), (3, UndoAction::Removed)]
+        );
+        assert_eq!(contents(&s), ["a=\"one\"", "b=\"one\""]);
+        assert_eq!(
+            undo_all(&s, 1, &UndoScope::Job, 100),
+            [(2, UndoAction::Removed), (1, UndoAction::Removed)]
+        );
+        assert!(contents(&s).is_empty());
+    }
+
+    #[test]
+    fn a_record_changed_since_the_import_is_kept() {
+        let (_d, s) = store();
+        s.apply_sync(&batch(1, 1, &["a", "b"], "one")).unwrap();
+        s.apply_sync(&batch(2, 1, &["b"], "two")).unwrap();
+        assert_eq!(
+            undo_all(&s, 1, &UndoScope::Job, 100),
+            [(2, UndoAction::KeptChanged), (1, UndoAction::Removed)]
+        );
+        assert_eq!(contents(&s), ["b=\"two\""]);
     }
 }
