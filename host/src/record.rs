@@ -59,10 +59,21 @@ impl Layout {
     }
 }
 
-/// A range of a record's data buffer, and how a value is stored in a
-/// record: the types the plugin boundary lifts, kept as they are so a record
-/// needs no conversion on its way in.
-pub(crate) use crate::sandbox::wit_types::{Span, Value as Slot};
+/// A range of a record's data buffer: the boundary's own type.
+pub(crate) use crate::sandbox::wit_types::Span;
+
+/// How a value is stored in a record: scalars inline, text and bytes as a
+/// span of the record's data. Decoded (and checked) from the two words per
+/// value that cross the plugin boundary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Slot {
+    Null,
+    Boolean(bool),
+    Integer(i64),
+    Float(f64),
+    Text(Span),
+    Bytes(Span),
+}
 
 impl Span {
     pub(crate) fn range(self) -> std::ops::Range<usize> {

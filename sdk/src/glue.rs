@@ -131,7 +131,7 @@ impl<A: Adapter> GuestParser for ParserGlue<A> {
                 let index = known.unwrap_or(st.declared.len() as u32);
                 let rec = wit::Record {
                     layout: index,
-                    values: parts.slots,
+                    values: parts.values,
                     key: parts.key,
                     data: parts.data,
                     location: location(parts.location),

@@ -38,13 +38,9 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
-/// How a value is stored inside a record: scalars inline, text and bytes as
-/// a range of the record's data buffer. This is the shape that crosses the
-/// plugin boundary (in WebAssembly builds it *is* the boundary's type, so a
-/// record is handed over without conversion), so building a record costs one
-/// buffer, not one string per field.
+/// A range of a record's data buffer (the boundary's `span`).
 #[cfg(target_arch = "wasm32")]
-pub(crate) use crate::__private::bindings::sluice::adapter::types::{Span, Value as Slot};
+pub(crate) use crate::__private::bindings::sluice::adapter::types::Span;
 
 /// A range of a record's data buffer.
 #[cfg(not(target_arch = "wasm32"))]
@@ -54,16 +50,23 @@ pub(crate) struct Span {
     pub len: u32,
 }
 
-/// How a value is stored inside a record (see the WebAssembly twin above).
-#[cfg(not(target_arch = "wasm32"))]
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Slot {
-    Null,
-    Boolean(bool),
-    Integer(i64),
-    Float(f64),
-    Text(Span),
-    Bytes(Span),
+/// How a value is stored inside a record: two words, its type and its
+/// payload, with text and bytes as a span of the record's data buffer. This
+/// is the encoding that crosses the plugin boundary (`values` in the WIT), so
+/// a record is handed over as it is built: one buffer and one flat list of
+/// integers, not one string or variant per field.
+mod tag {
+    pub const NULL: u64 = 0;
+    pub const BOOLEAN: u64 = 1;
+    pub const INTEGER: u64 = 2;
+    pub const FLOAT: u64 = 3;
+    pub const TEXT: u64 = 4;
+    pub const BYTES: u64 = 5;
+}
+
+/// A span as a payload word: start in the low 32 bits, length in the high.
+fn span_word(start: u32, len: u32) -> u64 {
+    u64::from(start) | (u64::from(len) << 32)
 }
 
 static NEXT_LAYOUT_ID: AtomicU64 = AtomicU64::new(1);
@@ -160,7 +163,8 @@ pub fn first_duplicate<S: AsRef<str>>(names: &[S]) -> Option<&str> {
 #[derive(Clone, PartialEq)]
 pub struct Record {
     layout: Layout,
-    slots: Vec<Slot>,
+    /// Two words per value pushed (see [`tag`]).
+    words: Vec<u64>,
     key: Option<Span>,
     data: Vec<u8>,
     location: Location,
@@ -171,7 +175,7 @@ impl Record {
     pub fn new(layout: &Layout) -> Self {
         Record {
             layout: layout.clone(),
-            slots: Vec::with_capacity(layout.fields().len()),
+            words: Vec::with_capacity(2 * layout.fields().len()),
             key: None,
             data: Vec::new(),
             location: Location::default(),
@@ -193,25 +197,25 @@ impl Record {
     /// reports a ragged row as a [`RecordError`]).
     pub fn push(&mut self, value: Value<'_>) -> &mut Self {
         assert!(
-            self.slots.len() < self.layout.fields().len(),
+            self.len() < self.layout.fields().len(),
             "record has more values than its layout has fields ({})",
             self.layout.fields().len()
         );
-        let slot = match value {
-            Value::Null => Slot::Null,
-            Value::Bool(b) => Slot::Boolean(b),
-            Value::Int(i) => Slot::Integer(i),
-            Value::Float(x) => Slot::Float(x),
+        let pair = match value {
+            Value::Null => [tag::NULL, 0],
+            Value::Bool(b) => [tag::BOOLEAN, u64::from(b)],
+            Value::Int(i) => [tag::INTEGER, i as u64],
+            Value::Float(x) => [tag::FLOAT, x.to_bits()],
             Value::Text(s) => {
                 let (start, len) = self.store(s.as_bytes());
-                Slot::Text(Span { start, len })
+                [tag::TEXT, span_word(start, len)]
             }
             Value::Bytes(b) => {
                 let (start, len) = self.store(b);
-                Slot::Bytes(Span { start, len })
+                [tag::BYTES, span_word(start, len)]
             }
         };
-        self.slots.push(slot);
+        self.words.extend_from_slice(&pair);
         self
     }
 
@@ -256,17 +260,18 @@ impl Record {
 
     /// Number of values pushed so far.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.words.len() / 2
     }
 
     /// Whether no value has been pushed yet.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.words.is_empty()
     }
 
     /// Value of the field at `index`.
     pub fn get(&self, index: usize) -> Option<Value<'_>> {
-        self.slots.get(index).map(|slot| self.value(*slot))
+        let pair = self.words.get(2 * index..2 * index + 2)?;
+        Some(self.value(pair[0], pair[1]))
     }
 
     /// Value of the field named `name`.
@@ -280,7 +285,7 @@ impl Record {
             .fields()
             .iter()
             .map(String::as_str)
-            .zip(self.slots.iter().map(|s| self.value(*s)))
+            .zip(self.words.chunks_exact(2).map(|p| self.value(p[0], p[1])))
     }
 
     /// The natural key, if the adapter set one.
@@ -295,16 +300,19 @@ impl Record {
         self.location
     }
 
-    fn value(&self, slot: Slot) -> Value<'_> {
-        match slot {
-            Slot::Null => Value::Null,
-            Slot::Boolean(b) => Value::Bool(b),
-            Slot::Integer(i) => Value::Int(i),
-            Slot::Float(x) => Value::Float(x),
-            Slot::Text(Span { start: s, len: l }) => Value::Text(
-                std::str::from_utf8(self.slice(s, l)).expect("text is stored from &str"),
+    /// The value a (type, payload) pair of this record's words stands for.
+    fn value(&self, tag: u64, payload: u64) -> Value<'_> {
+        let (start, len) = (payload as u32, (payload >> 32) as u32);
+        match tag {
+            tag::NULL => Value::Null,
+            tag::BOOLEAN => Value::Bool(payload == 1),
+            tag::INTEGER => Value::Int(payload as i64),
+            tag::FLOAT => Value::Float(f64::from_bits(payload)),
+            tag::TEXT => Value::Text(
+                std::str::from_utf8(self.slice(start, len)).expect("text is stored from &str"),
             ),
-            Slot::Bytes(Span { start: s, len: l }) => Value::Bytes(self.slice(s, l)),
+            tag::BYTES => Value::Bytes(self.slice(start, len)),
+            _ => unreachable!("push writes only known types"),
         }
     }
 
@@ -313,7 +321,7 @@ impl Record {
     pub(crate) fn into_parts(self) -> RecordParts {
         RecordParts {
             layout: self.layout,
-            slots: self.slots,
+            values: self.words,
             key: self.key,
             data: self.data,
             location: self.location,
@@ -324,7 +332,7 @@ impl Record {
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub(crate) struct RecordParts {
     pub layout: Layout,
-    pub slots: Vec<Slot>,
+    pub values: Vec<u64>,
     pub key: Option<Span>,
     pub data: Vec<u8>,
     pub location: Location,

@@ -1,7 +1,7 @@
-//! Host bindings for the `sluice:adapter@0.1.0` world.
+//! Host bindings for the `sluice:adapter@0.2.0` world.
 
 wasmtime::component::bindgen!({
-    path: "../wit/v0.1.0",
+    path: "../wit/v0.2.0",
     world: "adapter",
     // Records keep the lifted values as they are, and compare them.
     additional_derives: [PartialEq],

@@ -39,9 +39,9 @@ use host::HostState;
 /// The WIT package plugins must export, and the versions this host accepts.
 pub const INTERFACE_PACKAGE: &str = "sluice:adapter";
 /// Oldest interface version accepted (inclusive).
-pub const INTERFACE_MIN: (u64, u64, u64) = (0, 1, 0);
-/// First interface version not accepted (exclusive): 0.1.x is the 0.1 line.
-pub const INTERFACE_MAX: (u64, u64, u64) = (0, 2, 0);
+pub const INTERFACE_MIN: (u64, u64, u64) = (0, 2, 0);
+/// First interface version not accepted (exclusive): 0.2.x is the 0.2 line.
+pub const INTERFACE_MAX: (u64, u64, u64) = (0, 3, 0);
 
 /// SHA-256 of a component's bytes: its identity everywhere (registry,
 /// cache, journal).
@@ -119,7 +119,7 @@ impl Plugin {
         &self.info
     }
 
-    /// The interface version it exports (`0.1.0`).
+    /// The interface version it exports (`0.2.0`).
     pub fn interface_version(&self) -> &str {
         &self.interface
     }

@@ -396,18 +396,21 @@ impl Parse {
                 ),
             ));
         };
-        if r.values.len() != layout.fields.len() {
+        if r.values.len() != 2 * layout.fields.len() {
             return Err(self.invalid(
                 "next",
                 format!(
-                    "a record has {} values for a layout of {} fields",
+                    "a record has {} value words for a layout of {} fields (two words per value)",
                     r.values.len(),
                     layout.fields.len()
                 ),
             ));
         }
         let data = r.data;
-        let slots = r.values;
+        let slots = match decode_values(&r.values) {
+            Ok(slots) => slots,
+            Err(problem) => return Err(self.invalid("next", problem)),
+        };
         if let Some(problem) = check_spans(&data, &slots, r.key) {
             return Err(self.invalid("next", problem));
         }
@@ -458,6 +461,43 @@ impl Parse {
             location,
         })
     }
+}
+
+/// Value type tags of the boundary's flat encoding (see `values` in the WIT).
+const TAG_NULL: u64 = 0;
+const TAG_BOOLEAN: u64 = 1;
+const TAG_INTEGER: u64 = 2;
+const TAG_FLOAT: u64 = 3;
+const TAG_TEXT: u64 = 4;
+const TAG_BYTES: u64 = 5;
+
+/// Decode a record's values from their (type, payload) word pairs.
+fn decode_values(words: &[u64]) -> Result<Vec<Slot>, String> {
+    let span = |w: u64| Span {
+        start: w as u32,
+        len: (w >> 32) as u32,
+    };
+    // A plain loop into a sized vector: this runs for every record.
+    let mut slots = Vec::with_capacity(words.len() / 2);
+    for (i, pair) in words.chunks_exact(2).enumerate() {
+        let (tag, payload) = (pair[0], pair[1]);
+        slots.push(match tag {
+            TAG_TEXT => Slot::Text(span(payload)),
+            TAG_NULL if payload == 0 => Slot::Null,
+            TAG_INTEGER => Slot::Integer(payload as i64),
+            TAG_FLOAT => Slot::Float(f64::from_bits(payload)),
+            TAG_BOOLEAN if payload <= 1 => Slot::Boolean(payload == 1),
+            TAG_BYTES => Slot::Bytes(span(payload)),
+            TAG_NULL | TAG_BOOLEAN => {
+                return Err(format!(
+                    "value {} has type {tag} with the invalid payload {payload}",
+                    i + 1
+                ));
+            }
+            _ => return Err(format!("value {} has the unknown type {tag}", i + 1)),
+        });
+    }
+    Ok(slots)
 }
 
 /// Check that every span lies in `data` and every text span (and the key)
@@ -689,6 +729,66 @@ mod tests {
             Some("boom at 3 (at src/lib.rs:10:5)")
         );
         assert_eq!(panic_message("nothing here"), None);
+    }
+
+    #[test]
+    fn value_words_decode_to_slots() {
+        let words = [
+            TAG_NULL,
+            0,
+            TAG_BOOLEAN,
+            1,
+            TAG_INTEGER,
+            (-7i64) as u64,
+            TAG_FLOAT,
+            2.5f64.to_bits(),
+            TAG_TEXT,
+            3 | (4 << 32),
+            TAG_BYTES,
+            2 << 32,
+        ];
+        assert_eq!(
+            decode_values(&words).unwrap(),
+            [
+                Slot::Null,
+                Slot::Boolean(true),
+                Slot::Integer(-7),
+                Slot::Float(2.5),
+                Slot::Text(Span { start: 3, len: 4 }),
+                Slot::Bytes(Span { start: 0, len: 2 }),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_value_words_are_named() {
+        for (words, needle) in [
+            ([9, 0], "value 1 has the unknown type 9"),
+            ([TAG_BOOLEAN, 2], "type 1 with the invalid payload 2"),
+            ([TAG_NULL, 5], "type 0 with the invalid payload 5"),
+        ] {
+            let err = decode_values(&words).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn spans_must_lie_in_the_data_and_text_must_be_utf8() {
+        let text = |start, len| Slot::Text(Span { start, len });
+        assert_eq!(check_spans(b"abcd", &[text(1, 3)], None), None);
+        let past = check_spans(b"abcd", &[text(2, 3)], None).unwrap();
+        assert!(
+            past.contains("spans bytes 2..5 of a 4-byte buffer"),
+            "{past}"
+        );
+        // Cutting a two-byte character in half is not text; as bytes it is fine.
+        let data = "é".as_bytes();
+        assert!(check_spans(data, &[text(0, 1)], None).is_some());
+        assert_eq!(
+            check_spans(data, &[Slot::Bytes(Span { start: 0, len: 1 })], None),
+            None
+        );
+        assert!(check_spans(data, &[], Some(Span { start: 1, len: 1 })).is_some());
     }
 
     #[test]
