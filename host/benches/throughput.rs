@@ -13,7 +13,8 @@
 //!   beside the baseline, and the peak RSS of an import several times larger.
 //!
 //! Arguments after `--`: `parse`, `import` (default: both), `--rows N`
-//! (default 1,000,000), `--big-factor K` (default 4).
+//! (default 1,000,000), `--big-factor K` (default 4), `--runs R` (default 3:
+//! each path's median run is reported).
 
 // A benchmark binary reports on stdout.
 #![allow(clippy::print_stdout)]
@@ -46,12 +47,37 @@ fn main() {
         std::fs::metadata(&file).unwrap().len() as f64 / 1e6,
         file.display()
     );
-    let baseline = measure("native-csv", &file);
+    // This machine's speed drifts by tens of percent over minutes, so each
+    // path runs `--runs` times, the paths interleaved (every round runs each
+    // once), and the median run of each is reported: the ratios then compare
+    // runs made under the same conditions.
+    let mut paths = vec!["native-csv"];
+    if want("parse") {
+        paths.extend(["native-adapter", "sandbox"]);
+    }
+    if want("import") {
+        paths.extend(["import", "import-nokey"]);
+    }
+    let runs = flag(&args, "--runs").unwrap_or(3).max(1);
+    let mut results: Vec<Vec<Value>> = vec![Vec::new(); paths.len()];
+    for _ in 0..runs {
+        for (path, out) in paths.iter().zip(&mut results) {
+            out.push(measure(path, &file));
+        }
+    }
+    let median = |path: &str| -> Value {
+        let i = paths.iter().position(|p| *p == path).expect("measured");
+        let mut all = results[i].clone();
+        all.sort_by(|a, b| secs(a).total_cmp(&secs(b)));
+        all[all.len() / 2].clone()
+    };
+    println!("median of {runs} runs each, interleaved");
+    let baseline = median("native-csv");
     report("native csv crate, reused ByteRecord", &baseline, &baseline);
     if want("parse") {
-        let native = measure("native-adapter", &file);
+        let native = median("native-adapter");
         report("csv adapter natively, owned records", &native, &baseline);
-        let sandboxed = measure("sandbox", &file);
+        let sandboxed = median("sandbox");
         report(
             "csv plugin in the sandbox, CPU limit on",
             &sandboxed,
@@ -63,30 +89,35 @@ fn main() {
         );
     }
     if want("import") {
-        let import = measure("import", &file);
+        let import = median("import");
         report(
             "import end to end, --key (both passes, journal, store)",
             &import,
             &baseline,
         );
         phases(&import);
-        let plain = measure("import-nokey", &file);
+        let plain = median("import-nokey");
         report("import end to end, keys from positions", &plain, &baseline);
         phases(&plain);
+        // Memory, not speed, is the point of the larger input: one run each.
         let big_file = generate(rows * big);
         let big_plain = measure("import-nokey", &big_file);
         report(
-            &format!("import, keys from positions, {big}x the rows"),
+            &format!("import, keys from positions, {big}x the rows (one run)"),
             &big_plain,
             &baseline,
         );
         let big_import = measure("import", &big_file);
         report(
-            &format!("import, --key, {big}x the rows"),
+            &format!("import, --key, {big}x the rows (one run)"),
             &big_import,
             &baseline,
         );
     }
+}
+
+fn secs(v: &Value) -> f64 {
+    v["secs"].as_f64().unwrap()
 }
 
 /// How long each phase of an import took.
@@ -108,12 +139,12 @@ fn flag(args: &[String], name: &str) -> Option<usize> {
 }
 
 fn rate(v: &Value) -> f64 {
-    v["records"].as_f64().unwrap() / v["secs"].as_f64().unwrap()
+    v["records"].as_f64().unwrap() / secs(v)
 }
 
 fn report(label: &str, v: &Value, baseline: &Value) {
     println!(
-        "{label:<50} {:>9.0} records/s  {:>5.2}x native  peak RSS {:>6.1} MiB  ({} records, {:.2} s)",
+        "{label:<50} {:>9.0} records/s  {:>6.3}x native  peak RSS {:>6.1} MiB  ({} records, {:.2} s)",
         rate(v),
         rate(v) / rate(baseline),
         v["peak_rss_kib"].as_f64().unwrap() / 1024.0,
