@@ -25,11 +25,13 @@
 //! and bytes), a before flag byte and, if 1, the before-image (u32 length
 //! and bytes).
 //!
-//! A record value is: version byte (1), job (u64), part (u32), ordinal
+//! A record value is: version byte (2), job (u64), part (u32), ordinal
 //! (u64), layout id (u64), value count (u32), each value as a tag byte and
-//! its payload (bool 1 byte, integer and float 8, text and bytes a u32 start
-//! and length in the data), then the data length (u32) and the data. All
-//! integers little-endian. Field names live once per layout, not per record.
+//! its payload (bool 1 byte, integer and float 8, text and bytes their
+//! length as a LEB128 varint), then the bytes of the text and bytes values
+//! in field order. Fixed-size integers are little-endian. Field names live
+//! once per layout, not per record; short values cost two bytes besides
+//! their text.
 //!
 //! Upserting by identity makes apply idempotent; every batch commits with
 //! two-phase commit, like the journal.
@@ -52,7 +54,9 @@ const LAYOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("layouts");
 // (an earlier development format) is not read as batch logs.
 const HISTORY: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("history-batches");
 
-const VERSION: u8 = 1;
+/// Version of the record value encoding (below). 2: text and bytes as
+/// lengths, their bytes in field order after the values.
+const VERSION: u8 = 2;
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -132,13 +136,26 @@ fn encode(out: &mut Vec<u8>, job: u64, part: u32, ordinal: u64, layout: u64, r: 
             }
             Slot::Text(s) | Slot::Bytes(s) => {
                 out.push(if matches!(slot, Slot::Text(_)) { 4 } else { 5 });
-                out.extend_from_slice(&s.start.to_le_bytes());
-                out.extend_from_slice(&s.len.to_le_bytes());
+                put_varint(out, u64::from(s.len));
             }
         }
     }
-    out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&r.data);
+    // The text and bytes values follow in field order: their starts are
+    // implied, so each costs a one- or two-byte length instead of a span.
+    for slot in &r.slots {
+        if let Slot::Text(s) | Slot::Bytes(s) = *slot {
+            out.extend_from_slice(&r.data[s.range()]);
+        }
+    }
+}
+
+/// LEB128: seven bits per byte, low first.
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// Reads the encoding back.
@@ -166,6 +183,17 @@ impl<'a> Decoder<'a> {
         self.take(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
     }
+    fn varint(&mut self) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
 }
 
 struct Decoded {
@@ -183,41 +211,35 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     }
     let (job, part, ordinal, layout) = (d.u64()?, d.u32()?, d.u64()?, d.u64()?);
     let n = d.u32()? as usize;
-    let mut slots = Vec::with_capacity(n.min(65_536));
-    for _ in 0..n {
-        let slot = match d.u8()? {
-            0 => Slot::Null,
-            1 => Slot::Boolean(d.u8()? != 0),
-            2 => Slot::Integer(d.u64()? as i64),
-            3 => Slot::Float(f64::from_bits(d.u64()?)),
-            t @ (4 | 5) => {
-                let span = crate::record::Span {
-                    start: d.u32()?,
-                    len: d.u32()?,
-                };
-                if t == 4 {
-                    Slot::Text(span)
-                } else {
-                    Slot::Bytes(span)
-                }
-            }
-            _ => return None,
-        };
-        slots.push(slot);
+    // Scalars inline, text and bytes as lengths of the runs that follow.
+    enum Raw {
+        Value(Value<'static>),
+        Text(usize),
+        Bytes(usize),
     }
-    let len = d.u32()? as usize;
-    let data = d.take(len)?;
-    let mut values = Vec::with_capacity(slots.len());
-    for slot in slots {
-        let v = match slot {
-            Slot::Null => Value::Null,
-            Slot::Boolean(b) => Value::Bool(b),
-            Slot::Integer(i) => Value::Int(i),
-            Slot::Float(x) => Value::Float(x),
-            Slot::Text(s) => Value::Text(std::str::from_utf8(data.get(s.range())?).ok()?),
-            Slot::Bytes(s) => Value::Bytes(data.get(s.range())?),
+    let mut raw = Vec::with_capacity(n.min(65_536));
+    for _ in 0..n {
+        raw.push(match d.u8()? {
+            0 => Raw::Value(Value::Null),
+            1 => Raw::Value(Value::Bool(d.u8()? != 0)),
+            2 => Raw::Value(Value::Int(d.u64()? as i64)),
+            3 => Raw::Value(Value::Float(f64::from_bits(d.u64()?))),
+            4 => Raw::Text(usize::try_from(d.varint()?).ok()?),
+            5 => Raw::Bytes(usize::try_from(d.varint()?).ok()?),
+            _ => return None,
+        });
+    }
+    let mut values = Vec::with_capacity(raw.len());
+    for r in raw {
+        let v = match r {
+            Raw::Value(v) => v.to_json(),
+            Raw::Text(len) => Value::Text(std::str::from_utf8(d.take(len)?).ok()?).to_json(),
+            Raw::Bytes(len) => Value::Bytes(d.take(len)?).to_json(),
         };
-        values.push(v.to_json());
+        values.push(v);
+    }
+    if !d.buf.is_empty() {
+        return None;
     }
     Some(Decoded {
         job,
@@ -824,6 +846,43 @@ mod tests {
             [(2, UndoAction::Removed), (1, UndoAction::Removed)]
         );
         assert!(contents(&s).is_empty());
+    }
+
+    #[test]
+    fn every_value_type_round_trips_through_the_encoding() {
+        let long = "x".repeat(300); // a two-byte length
+        let mut data = long.clone().into_bytes();
+        data.extend_from_slice(b"\x00\xffab");
+        let layout = Arc::new(Layout::new(
+            None,
+            ["n", "b", "i", "f", "t", "y", "s"]
+                .map(String::from)
+                .to_vec(),
+        ));
+        let record = Record {
+            layout,
+            slots: vec![
+                Slot::Null,
+                Slot::Boolean(true),
+                Slot::Integer(-42),
+                Slot::Float(1.5),
+                Slot::Text(Span { start: 0, len: 300 }),
+                Slot::Bytes(Span { start: 300, len: 2 }),
+                Slot::Text(Span { start: 302, len: 2 }),
+            ],
+            key: None,
+            data,
+            location: Location::default(),
+        };
+        let mut buf = Vec::new();
+        encode(&mut buf, 7, 1, 9, 3, &record);
+        let d = decode(&buf).expect("decodes");
+        assert_eq!((d.job, d.part, d.ordinal, d.layout), (7, 1, 9, 3));
+        let want: Vec<Json> = (0..7).map(|i| record.get(i).unwrap().to_json()).collect();
+        assert_eq!(d.values, want);
+        assert_eq!(provenance(&buf), Some((7, 1, 9)));
+        // A cut value is refused, not misread.
+        assert!(decode(&buf[..buf.len() - 1]).is_none());
     }
 
     #[test]
