@@ -155,6 +155,14 @@ fn report(label: &str, v: &Value, baseline: &Value) {
 
 /// Run one path in a child process and return what it measured.
 fn measure(path: &str, file: &Path) -> Value {
+    // Read the input once first: the kernel may have dropped some of its
+    // pages since the last run (this machine reclaims idle page cache), and
+    // every path should start from a cached file.
+    std::io::copy(
+        &mut std::fs::File::open(file).unwrap(),
+        &mut std::io::sink(),
+    )
+    .unwrap();
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--child", path])
         .arg(file)

@@ -92,7 +92,7 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
-impl Value<'_> {
+impl<'a> Value<'a> {
     /// The value as JSON: bytes become an array of numbers, non-finite floats
     /// a string.
     pub fn to_json(self) -> Json {
@@ -110,14 +110,19 @@ impl Value<'_> {
 
     /// The value as text, for keys and reports: `None` for null.
     pub fn to_text(self) -> Option<String> {
-        match self {
-            Value::Null => None,
-            Value::Bool(b) => Some(b.to_string()),
-            Value::Int(i) => Some(i.to_string()),
-            Value::Float(x) => Some(x.to_string()),
-            Value::Text(t) => Some(t.to_owned()),
-            Value::Bytes(b) => Some(hex::encode(b)),
-        }
+        self.as_text().map(std::borrow::Cow::into_owned)
+    }
+
+    /// Like [`Value::to_text`], borrowing text instead of copying it.
+    pub fn as_text(self) -> Option<std::borrow::Cow<'a, str>> {
+        Some(match self {
+            Value::Null => return None,
+            Value::Bool(b) => b.to_string().into(),
+            Value::Int(i) => i.to_string().into(),
+            Value::Float(x) => x.to_string().into(),
+            Value::Text(t) => t.into(),
+            Value::Bytes(b) => hex::encode(b).into(),
+        })
     }
 }
 

@@ -69,9 +69,6 @@ pub(crate) enum Identity {
     Valid {
         kind: String,
         key: String,
-        /// Whether the key was derived from the record's position, so it
-        /// cannot collide with another record's.
-        derived: bool,
     },
     Invalid {
         code: &'static str,
@@ -85,56 +82,67 @@ impl PartCtx {
     /// the `--key` field, else the plugin's natural key, else derived from
     /// the upload's digest, the part and the ordinal.
     pub fn identity(&self, record: &Record) -> Identity {
-        let kind = record.kind().unwrap_or(&self.part.default_kind).to_owned();
-        let key = match &self.key_field {
-            Some(field) => match record.get_by_name(field) {
-                None => {
-                    return Identity::Invalid {
-                        code: "missing-key-field",
-                        message: format!(
-                            "the record has no field {field:?} to use as its key (its fields: {}); \
-                             fix the record or choose another --key",
-                            record.layout().fields.join(", ")
-                        ),
-                        field: Some(field.clone()),
-                    };
-                }
-                Some(Value::Null) => None,
-                Some(v) => v.to_text().filter(|t| !t.is_empty()),
-            }
-            .ok_or_else(|| Identity::Invalid {
+        match self.key_of(record) {
+            Err(invalid) => invalid,
+            Ok((kind, Some(key))) => Identity::Valid {
+                kind: kind.to_owned(),
+                key: key.into_owned(),
+            },
+            Ok((kind, None)) => Identity::Valid {
+                kind: kind.to_owned(),
+                key: format!(
+                    // Zero-padded so keys sort in input order: the store
+                    // then appends instead of inserting at random places.
+                    "{}-{}-{:012}",
+                    &self.upload_digest[..16.min(self.upload_digest.len())],
+                    self.part.index,
+                    record.location().ordinal
+                ),
+            },
+        }
+    }
+
+    /// `record`'s kind and key, borrowed where they can be (`None`: the key
+    /// is derived from the position), or why it has no identity. Pass 1
+    /// only hashes them, so it needs no copies.
+    fn key_of<'r>(
+        &'r self,
+        record: &'r Record,
+    ) -> Result<(&'r str, Option<std::borrow::Cow<'r, str>>), Identity> {
+        let kind = record.kind().unwrap_or(&self.part.default_kind);
+        let Some(field) = &self.key_field else {
+            return Ok(match record.key() {
+                Some(k) if !self.derives_key(record) => (kind, Some(k.into())),
+                _ => (kind, None),
+            });
+        };
+        let value = record.get_by_name(field).ok_or_else(|| Identity::Invalid {
+            code: "missing-key-field",
+            message: format!(
+                "the record has no field {field:?} to use as its key (its fields: {}); \
+                 fix the record or choose another --key",
+                record.layout().fields.join(", ")
+            ),
+            field: Some(field.clone()),
+        })?;
+        let key = match value {
+            Value::Null => None,
+            v => v.as_text().filter(|t| !t.is_empty()),
+        };
+        match key {
+            Some(key) => Ok((kind, Some(key))),
+            None => Err(Identity::Invalid {
                 code: "empty-key",
                 message: format!("the key field {field:?} is empty; give every record a key"),
                 field: Some(field.clone()),
             }),
-            None => match record.key() {
-                Some(k) if !k.is_empty() => Ok(k.to_owned()),
-                _ => {
-                    let l = record.location();
-                    return Identity::Valid {
-                        kind,
-                        key: format!(
-                            // Zero-padded so keys sort in input order: the
-                            // store then appends instead of inserting at
-                            // random places.
-                            "{}-{}-{:012}",
-                            &self.upload_digest[..16.min(self.upload_digest.len())],
-                            self.part.index,
-                            l.ordinal
-                        ),
-                        derived: true,
-                    };
-                }
-            },
-        };
-        match key {
-            Ok(key) => Identity::Valid {
-                kind,
-                key,
-                derived: false,
-            },
-            Err(invalid) => invalid,
         }
+    }
+
+    /// Whether `record`'s key is derived from its position: no `--key`
+    /// field and no natural key from the plugin.
+    pub fn derives_key(&self, record: &Record) -> bool {
+        self.key_field.is_none() && record.key().is_none_or(str::is_empty)
     }
 
     /// An error entry for the record at `loc`, with its original text.
@@ -585,18 +593,21 @@ impl Scanned {
         Some(match item {
             Item::Record(r) => Scanned::Record {
                 location: r.location(),
-                check: match ctx.identity(&r) {
-                    Identity::Valid { derived: true, .. } => Checked::Derived,
-                    Identity::Valid { kind, key, .. } => Checked::Key(key_hash(&kind, &key)),
-                    Identity::Invalid {
+                check: match ctx.key_of(&r) {
+                    // A key derived from the position is unique by
+                    // construction: pass 1 need not build it.
+                    Ok((_, None)) => Checked::Derived,
+                    Ok((kind, Some(key))) => Checked::Key(key_hash(kind, &key)),
+                    Err(Identity::Invalid {
                         code,
                         message,
                         field,
-                    } => Checked::Invalid {
+                    }) => Checked::Invalid {
                         code,
                         message,
                         field,
                     },
+                    Err(Identity::Valid { .. }) => unreachable!("key_of fails only as Invalid"),
                 },
             },
             Item::Error(error) | Item::Fatal(error) => Scanned::Error(error),
