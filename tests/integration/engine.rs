@@ -13,6 +13,32 @@ use sluice::spool::RealFs;
 use crate::common::{Fixture, csv_rows, id_v_rows, test_config};
 
 #[test]
+fn duplicate_keys_are_found_across_many_intervals() {
+    // Intervals of 3 records: each repeat sits in a later interval than its
+    // first use, so it is found among the committed keys, not the pending.
+    let f = Fixture::new(3);
+    let mut csv = String::from("id,v\n");
+    for i in 1..=300 {
+        csv.push_str(&format!("k{i},{i}\n"));
+    }
+    for i in [1, 150, 299] {
+        csv.push_str(&format!("k{i},again\n"));
+    }
+    let job = f.import("keys.csv", csv.as_bytes(), |r| r.key = Some("id".into()));
+    assert_eq!((job.counts.applied, job.counts.rejected), (300, 3));
+    let dups: Vec<(u64, String)> = f
+        .errors(job.id)
+        .into_iter()
+        .map(|(ordinal, e)| (ordinal, e.message))
+        .collect();
+    let ordinals: Vec<u64> = dups.iter().map(|d| d.0).collect();
+    assert_eq!(ordinals, [301, 302, 303]);
+    for ((_, message), first) in dups.iter().zip([1, 150, 299]) {
+        assert!(message.contains(&format!("record {first} ")), "{message}");
+    }
+}
+
+#[test]
 fn bad_records_are_isolated_and_reported_with_their_text() {
     let f = Fixture::new(4);
     let csv = b"id,name,amount\n1,alice,10\n2,bob\n3,carol,30\n1,again,5\n4,\"dan \"\"d\"\"\",7\n";
