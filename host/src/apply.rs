@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::faults;
 use crate::journal::{Counts, Interval, Stage};
 use crate::record::Item;
-use crate::scan::{Identity, PartCtx, PassError, digest_hex, digest_item};
+use crate::scan::{PartCtx, PassError, digest_hex, digest_item};
 use crate::sink::{Batch, BatchItem, FailureClass, Outcome, Sink, SinkError};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -125,13 +125,13 @@ fn produce(
                 && !rejected.contains(&ordinal)
             {
                 match ctx.identity(&record) {
-                    Identity::Valid { kind, key, .. } => items.push(BatchItem {
+                    Ok((kind, key)) => items.push(BatchItem {
                         ordinal,
                         kind,
                         key,
                         record,
                     }),
-                    Identity::Invalid { .. } => {
+                    Err(_) => {
                         return Err(nondeterministic(
                             ctx,
                             interval,

@@ -75,6 +75,65 @@ pub(crate) enum Slot {
     Bytes(Span),
 }
 
+/// Value type tags: the boundary's (`values` in the WIT), which the
+/// interval digest and the embedded store's encoding use too.
+pub(crate) mod tag {
+    pub const NULL: u8 = 0;
+    pub const BOOLEAN: u8 = 1;
+    pub const INTEGER: u8 = 2;
+    pub const FLOAT: u8 = 3;
+    pub const TEXT: u8 = 4;
+    pub const BYTES: u8 = 5;
+}
+
+impl Slot {
+    /// The type tag.
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            Slot::Null => tag::NULL,
+            Slot::Boolean(_) => tag::BOOLEAN,
+            Slot::Integer(_) => tag::INTEGER,
+            Slot::Float(_) => tag::FLOAT,
+            Slot::Text(_) => tag::TEXT,
+            Slot::Bytes(_) => tag::BYTES,
+        }
+    }
+
+    /// The value as the boundary's (type, payload) words: scalars in the
+    /// payload, spans as start in the low 32 bits and length in the high.
+    pub(crate) fn to_words(self) -> [u64; 2] {
+        let payload = match self {
+            Slot::Null => 0,
+            Slot::Boolean(b) => u64::from(b),
+            Slot::Integer(i) => i as u64,
+            Slot::Float(x) => x.to_bits(),
+            Slot::Text(s) | Slot::Bytes(s) => u64::from(s.start) | (u64::from(s.len) << 32),
+        };
+        [u64::from(self.tag()), payload]
+    }
+
+    /// The value a plugin's (type, payload) words stand for, or what is
+    /// wrong with them. Spans are checked against the data elsewhere.
+    pub(crate) fn from_words(tag: u64, payload: u64) -> Result<Slot, String> {
+        let span = Span {
+            start: payload as u32,
+            len: (payload >> 32) as u32,
+        };
+        Ok(match u8::try_from(tag).unwrap_or(u8::MAX) {
+            tag::TEXT => Slot::Text(span),
+            tag::NULL if payload == 0 => Slot::Null,
+            tag::INTEGER => Slot::Integer(payload as i64),
+            tag::FLOAT => Slot::Float(f64::from_bits(payload)),
+            tag::BOOLEAN if payload <= 1 => Slot::Boolean(payload == 1),
+            tag::BYTES => Slot::Bytes(span),
+            tag::NULL | tag::BOOLEAN => {
+                return Err(format!("has type {tag} with the invalid payload {payload}"));
+            }
+            _ => return Err(format!("has the unknown type {tag}")),
+        })
+    }
+}
+
 impl Span {
     pub(crate) fn range(self) -> std::ops::Range<usize> {
         self.start as usize..self.start as usize + self.len as usize
@@ -242,16 +301,9 @@ impl Record {
         head[48..52].copy_from_slice(&(self.slots.len() as u32).to_le_bytes());
         h.update(&head);
         for slot in &self.slots {
-            let (tag, payload) = match *slot {
-                Slot::Null => (0u8, 0u64),
-                Slot::Boolean(b) => (1, u64::from(b)),
-                Slot::Integer(i) => (2, i as u64),
-                Slot::Float(x) => (3, x.to_bits()),
-                Slot::Text(s) => (4, u64::from(s.start) << 32 | u64::from(s.len)),
-                Slot::Bytes(s) => (5, u64::from(s.start) << 32 | u64::from(s.len)),
-            };
+            let [tag, payload] = slot.to_words();
             let mut b = [0u8; 9];
-            b[0] = tag;
+            b[0] = tag as u8;
             b[1..].copy_from_slice(&payload.to_le_bytes());
             h.update(&b);
         }

@@ -64,42 +64,32 @@ pub(crate) enum PassError {
     Sink(#[from] crate::sink::SinkError),
 }
 
-/// A record's identity in the target, or why it has none.
-pub(crate) enum Identity {
-    Valid {
-        kind: String,
-        key: String,
-    },
-    Invalid {
-        code: &'static str,
-        message: String,
-        field: Option<String>,
-    },
+/// Why a record has no identity in the target: a validation error.
+pub(crate) struct NoIdentity {
+    code: &'static str,
+    message: String,
+    field: Option<String>,
 }
 
 impl PartCtx {
-    /// The identity of `record`: kind from the plugin or the part, key from
-    /// the `--key` field, else the plugin's natural key, else derived from
-    /// the upload's digest, the part and the ordinal.
-    pub fn identity(&self, record: &Record) -> Identity {
-        match self.key_of(record) {
-            Err(invalid) => invalid,
-            Ok((kind, Some(key))) => Identity::Valid {
-                kind: kind.to_owned(),
-                key: key.into_owned(),
-            },
-            Ok((kind, None)) => Identity::Valid {
-                kind: kind.to_owned(),
-                key: format!(
-                    // Zero-padded so keys sort in input order: the store
-                    // then appends instead of inserting at random places.
-                    "{}-{}-{:012}",
-                    &self.upload_digest[..16.min(self.upload_digest.len())],
-                    self.part.index,
-                    record.location().ordinal
-                ),
-            },
-        }
+    /// The identity of `record` in the target, `(kind, key)`: kind from the
+    /// plugin or the part, key from the `--key` field, else the plugin's
+    /// natural key, else derived from the upload's digest, the part and the
+    /// ordinal.
+    pub fn identity(&self, record: &Record) -> Result<(String, String), NoIdentity> {
+        let (kind, key) = self.key_of(record)?;
+        let key = match key {
+            Some(key) => key.into_owned(),
+            None => format!(
+                // Zero-padded so keys sort in input order: the store then
+                // appends instead of inserting at random places.
+                "{}-{}-{:012}",
+                &self.upload_digest[..16.min(self.upload_digest.len())],
+                self.part.index,
+                record.location().ordinal
+            ),
+        };
+        Ok((kind.to_owned(), key))
     }
 
     /// `record`'s kind and key, borrowed where they can be (`None`: the key
@@ -108,15 +98,13 @@ impl PartCtx {
     fn key_of<'r>(
         &'r self,
         record: &'r Record,
-    ) -> Result<(&'r str, Option<std::borrow::Cow<'r, str>>), Identity> {
+    ) -> Result<(&'r str, Option<std::borrow::Cow<'r, str>>), NoIdentity> {
         let kind = record.kind().unwrap_or(&self.part.default_kind);
         let Some(field) = &self.key_field else {
-            return Ok(match record.key() {
-                Some(k) if !self.derives_key(record) => (kind, Some(k.into())),
-                _ => (kind, None),
-            });
+            let natural = record.key().filter(|k| !k.is_empty());
+            return Ok((kind, natural.map(Into::into)));
         };
-        let value = record.get_by_name(field).ok_or_else(|| Identity::Invalid {
+        let value = record.get_by_name(field).ok_or_else(|| NoIdentity {
             code: "missing-key-field",
             message: format!(
                 "the record has no field {field:?} to use as its key (its fields: {}); \
@@ -131,18 +119,12 @@ impl PartCtx {
         };
         match key {
             Some(key) => Ok((kind, Some(key))),
-            None => Err(Identity::Invalid {
+            None => Err(NoIdentity {
                 code: "empty-key",
                 message: format!("the key field {field:?} is empty; give every record a key"),
                 field: Some(field.clone()),
             }),
         }
-    }
-
-    /// Whether `record`'s key is derived from its position: no `--key`
-    /// field and no natural key from the plugin.
-    pub fn derives_key(&self, record: &Record) -> bool {
-        self.key_field.is_none() && record.key().is_none_or(str::is_empty)
     }
 
     /// An error entry for the record at `loc`, with its original text.
@@ -581,11 +563,7 @@ enum Checked {
     Key([u8; 16]),
     /// A key derived from the record's position: unique by construction.
     Derived,
-    Invalid {
-        code: &'static str,
-        message: String,
-        field: Option<String>,
-    },
+    Invalid(NoIdentity),
 }
 
 impl Scanned {
@@ -598,16 +576,7 @@ impl Scanned {
                     // construction: pass 1 need not build it.
                     Ok((_, None)) => Checked::Derived,
                     Ok((kind, Some(key))) => Checked::Key(key_hash(kind, &key)),
-                    Err(Identity::Invalid {
-                        code,
-                        message,
-                        field,
-                    }) => Checked::Invalid {
-                        code,
-                        message,
-                        field,
-                    },
-                    Err(Identity::Valid { .. }) => unreachable!("key_of fails only as Invalid"),
+                    Err(why) => Checked::Invalid(why),
                 },
             },
             Item::Error(error) | Item::Fatal(error) => Scanned::Error(error),
@@ -755,11 +724,11 @@ fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: Scanned) -> Res
                     }
                 }
                 Checked::Derived => {}
-                Checked::Invalid {
+                Checked::Invalid(NoIdentity {
                     code,
                     message,
                     field,
-                } => {
+                }) => {
                     let e = ctx.error_entry(Stage::Validate, code, &message, field, loc)?;
                     reject(g, loc.ordinal, e);
                 }

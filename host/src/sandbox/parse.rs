@@ -463,39 +463,12 @@ impl Parse {
     }
 }
 
-/// Value type tags of the boundary's flat encoding (see `values` in the WIT).
-const TAG_NULL: u64 = 0;
-const TAG_BOOLEAN: u64 = 1;
-const TAG_INTEGER: u64 = 2;
-const TAG_FLOAT: u64 = 3;
-const TAG_TEXT: u64 = 4;
-const TAG_BYTES: u64 = 5;
-
 /// Decode a record's values from their (type, payload) word pairs.
 fn decode_values(words: &[u64]) -> Result<Vec<Slot>, String> {
-    let span = |w: u64| Span {
-        start: w as u32,
-        len: (w >> 32) as u32,
-    };
     // A plain loop into a sized vector: this runs for every record.
     let mut slots = Vec::with_capacity(words.len() / 2);
     for (i, pair) in words.chunks_exact(2).enumerate() {
-        let (tag, payload) = (pair[0], pair[1]);
-        slots.push(match tag {
-            TAG_TEXT => Slot::Text(span(payload)),
-            TAG_NULL if payload == 0 => Slot::Null,
-            TAG_INTEGER => Slot::Integer(payload as i64),
-            TAG_FLOAT => Slot::Float(f64::from_bits(payload)),
-            TAG_BOOLEAN if payload <= 1 => Slot::Boolean(payload == 1),
-            TAG_BYTES => Slot::Bytes(span(payload)),
-            TAG_NULL | TAG_BOOLEAN => {
-                return Err(format!(
-                    "value {} has type {tag} with the invalid payload {payload}",
-                    i + 1
-                ));
-            }
-            _ => return Err(format!("value {} has the unknown type {tag}", i + 1)),
-        });
+        slots.push(Slot::from_words(pair[0], pair[1]).map_err(|e| format!("value {} {e}", i + 1))?);
     }
     Ok(slots)
 }
@@ -733,18 +706,28 @@ mod tests {
 
     #[test]
     fn value_words_decode_to_slots() {
+        use crate::record::tag;
+        let [t, n, b, i, f, y] = [
+            tag::TEXT,
+            tag::NULL,
+            tag::BOOLEAN,
+            tag::INTEGER,
+            tag::FLOAT,
+            tag::BYTES,
+        ]
+        .map(u64::from);
         let words = [
-            TAG_NULL,
+            n,
             0,
-            TAG_BOOLEAN,
+            b,
             1,
-            TAG_INTEGER,
+            i,
             (-7i64) as u64,
-            TAG_FLOAT,
+            f,
             2.5f64.to_bits(),
-            TAG_TEXT,
+            t,
             3 | (4 << 32),
-            TAG_BYTES,
+            y,
             2 << 32,
         ];
         assert_eq!(
@@ -764,8 +747,8 @@ mod tests {
     fn bad_value_words_are_named() {
         for (words, needle) in [
             ([9, 0], "value 1 has the unknown type 9"),
-            ([TAG_BOOLEAN, 2], "type 1 with the invalid payload 2"),
-            ([TAG_NULL, 5], "type 0 with the invalid payload 5"),
+            ([1, 2], "type 1 with the invalid payload 2"),
+            ([0, 5], "type 0 with the invalid payload 5"),
         ] {
             let err = decode_values(&words).unwrap_err();
             assert!(err.contains(needle), "{err}");

@@ -46,7 +46,7 @@ use serde_json::{Map, Value as Json, json};
 use sha2::{Digest as _, Sha256};
 
 use super::{Batch, Ledger, Outcome, Sink, SinkError, UndoAction, UndoEntry, UndoPage, UndoScope};
-use crate::record::{Layout, Record, Slot, Value};
+use crate::record::{Layout, Record, Slot, Value, tag};
 
 const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
 const LAYOUTS: TableDefinition<u64, &[u8]> = TableDefinition::new("layouts");
@@ -124,18 +124,18 @@ fn encode(out: &mut Vec<u8>, job: u64, part: u32, ordinal: u64, layout: u64, r: 
     out.extend_from_slice(&(r.slots.len() as u32).to_le_bytes());
     for slot in &r.slots {
         match *slot {
-            Slot::Null => out.push(0),
-            Slot::Boolean(b) => out.extend_from_slice(&[1, u8::from(b)]),
+            Slot::Null => out.push(tag::NULL),
+            Slot::Boolean(b) => out.extend_from_slice(&[tag::BOOLEAN, u8::from(b)]),
             Slot::Integer(i) => {
-                out.push(2);
+                out.push(tag::INTEGER);
                 out.extend_from_slice(&i.to_le_bytes());
             }
             Slot::Float(x) => {
-                out.push(3);
+                out.push(tag::FLOAT);
                 out.extend_from_slice(&x.to_bits().to_le_bytes());
             }
             Slot::Text(s) | Slot::Bytes(s) => {
-                out.push(if matches!(slot, Slot::Text(_)) { 4 } else { 5 });
+                out.push(slot.tag());
                 put_varint(out, u64::from(s.len));
             }
         }
@@ -220,12 +220,12 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     let mut raw = Vec::with_capacity(n.min(65_536));
     for _ in 0..n {
         raw.push(match d.u8()? {
-            0 => Raw::Value(Value::Null),
-            1 => Raw::Value(Value::Bool(d.u8()? != 0)),
-            2 => Raw::Value(Value::Int(d.u64()? as i64)),
-            3 => Raw::Value(Value::Float(f64::from_bits(d.u64()?))),
-            4 => Raw::Text(usize::try_from(d.varint()?).ok()?),
-            5 => Raw::Bytes(usize::try_from(d.varint()?).ok()?),
+            tag::NULL => Raw::Value(Value::Null),
+            tag::BOOLEAN => Raw::Value(Value::Bool(d.u8()? != 0)),
+            tag::INTEGER => Raw::Value(Value::Int(d.u64()? as i64)),
+            tag::FLOAT => Raw::Value(Value::Float(f64::from_bits(d.u64()?))),
+            tag::TEXT => Raw::Text(usize::try_from(d.varint()?).ok()?),
+            tag::BYTES => Raw::Bytes(usize::try_from(d.varint()?).ok()?),
             _ => return None,
         });
     }
