@@ -539,6 +539,13 @@ impl EmbeddedStore {
 }
 
 /// The (job, part, ordinal) that wrote a stored value.
+/// A cursor that took fewer keys than this before the next stored key
+/// got in its way ...
+const SHORT_RUN: usize = 4;
+/// ... means the next this many keys are written one by one before a
+/// cursor is tried again.
+const PLAIN_STRETCH: usize = 64;
+
 type RecordsTable<'t> = redb::Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>;
 
 /// Write a batch's records, returning each one's before-image, in batch
@@ -550,7 +557,8 @@ type RecordsTable<'t> = redb::Table<'t, (&'static str, &'static str, &'static st
 /// of the store's time on a fresh import, whose keys often arrive in order.
 /// A key already stored is replaced in place (its old value is the
 /// before-image); when the next stored key is below the one to write, the
-/// cursor seeks again.
+/// cursor seeks again, unless cursors have been taking only a key or two,
+/// when plain inserts (still in key order) are cheaper.
 fn upsert(
     records: &mut RecordsTable<'_>,
     batch: &Batch,
@@ -589,7 +597,22 @@ fn upsert(
         return Ok(befores);
     }
     let mut next = 0;
+    // Items before this index are written one by one: a cursor costs more
+    // than a plain insert when it takes only a key or two, as with random
+    // keys spread over a large table.
+    let mut plain_until = 0;
     while next < order.len() {
+        if next < plain_until {
+            let i = order[next];
+            encode_item(&mut buf, i);
+            befores[i] = records
+                .insert(identity(i), buf.as_slice())
+                .map_err(|e| io(&e))?
+                .map(|v| v.value().to_vec());
+            next += 1;
+            continue;
+        }
+        let run_start = next;
         let mut cursor = records
             .lower_bound_mut(std::ops::Bound::Included(identity(order[next])))
             .map_err(|e| io(&e))?;
@@ -619,6 +642,9 @@ fn upsert(
             next += 1;
         }
         cursor.close().map_err(|e| io(&e))?;
+        if next - run_start < SHORT_RUN {
+            plain_until = next + PLAIN_STRETCH;
+        }
     }
     Ok(befores)
 }
