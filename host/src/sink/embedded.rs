@@ -538,7 +538,6 @@ impl EmbeddedStore {
     }
 }
 
-/// The (job, part, ordinal) that wrote a stored value.
 /// A cursor that took fewer keys than this before the next stored key
 /// got in its way ...
 const SHORT_RUN: usize = 4;
@@ -583,24 +582,18 @@ fn upsert(
             &item.record,
         );
     };
-    if order.windows(2).any(|w| identity(w[0]) == identity(w[1])) {
-        // One identity twice in a batch: the later record wins, so apply
-        // them in batch order, each seeing the one before as its
-        // before-image.
-        for (i, before) in befores.iter_mut().enumerate() {
-            encode_item(&mut buf, i);
-            *before = records
-                .insert(identity(i), buf.as_slice())
-                .map_err(|e| io(&e))?
-                .map(|v| v.value().to_vec());
-        }
-        return Ok(befores);
-    }
-    let mut next = 0;
     // Items before this index are written one by one: a cursor costs more
     // than a plain insert when it takes only a key or two, as with random
     // keys spread over a large table.
     let mut plain_until = 0;
+    if order.windows(2).any(|w| identity(w[0]) == identity(w[1])) {
+        // One identity twice in a batch: the later record wins, so every
+        // record is written one by one in batch order, each seeing the one
+        // before as its before-image.
+        order.sort_unstable();
+        plain_until = order.len();
+    }
+    let mut next = 0;
     while next < order.len() {
         if next < plain_until {
             let i = order[next];
@@ -649,6 +642,7 @@ fn upsert(
     Ok(befores)
 }
 
+/// The (job, part, ordinal) that wrote a stored value.
 fn provenance(value: &[u8]) -> Option<(u64, u32, u64)> {
     let mut d = Decoder { buf: value };
     if d.u8()? != VERSION {
