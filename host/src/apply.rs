@@ -1,12 +1,15 @@
 //! Pass 2: apply one part's valid records to the target.
 //!
-//! The part is parsed again, interval by interval, on a blocking thread.
-//! Each interval's items must hash to the digest pass 1 recorded, so a
-//! plugin that gives different records the second time is caught before any
-//! of that interval reaches the target. The records pass 1 accepted go to
-//! the sink as one batch; the journal then commits the interval as applied,
-//! with the records the target refused. Parsing the next interval overlaps
-//! with applying the current one.
+//! Interval by interval, on a blocking thread, the records come from the
+//! record stage pass 1 wrote (see `stage`): exactly the records pass 1
+//! validated, without running the plugin again. An interval the stage does
+//! not hold intact is parsed again from its checkpoint instead, and its
+//! items must hash to the digest pass 1 recorded, so a plugin that gives
+//! different records the second time is caught before any of that interval
+//! reaches the target. The records pass 1 accepted go to the sink as one
+//! batch; the journal then commits the interval as applied, with the records
+//! the target refused. Reading the next interval overlaps with applying the
+//! current one.
 //!
 //! A crash between the target write and the journal commit re-applies that
 //! interval on resume: the sink's idempotent apply by identity makes that
@@ -20,9 +23,11 @@ use tokio::sync::mpsc;
 
 use crate::faults;
 use crate::journal::{Counts, Interval, Stage};
-use crate::record::Item;
+use crate::record::{Item, Record};
+use crate::sandbox::Parse;
 use crate::scan::{PartCtx, PassError, digest_hex, digest_item};
 use crate::sink::{Batch, BatchItem, FailureClass, Outcome, Sink, SinkError};
+use crate::stage::StageReader;
 use xxhash_rust::xxh3::Xxh3;
 
 /// An interval ready to apply.
@@ -88,7 +93,8 @@ pub(crate) async fn apply_part(ctx: PartCtx, sink: Arc<dyn Sink>) -> Result<(), 
     result
 }
 
-/// Parse intervals `start..` and send each, checked against pass 1.
+/// Read (or parse) intervals `start..` and send each, checked against
+/// pass 1.
 fn produce(
     ctx: &PartCtx,
     intervals: Vec<Interval>,
@@ -97,8 +103,10 @@ fn produce(
     spent: &std::sync::mpsc::Receiver<Arc<Batch>>,
 ) -> Result<(), PassError> {
     let _span = tracing::info_span!("apply", job = ctx.job, part = ctx.part.index).entered();
-    let after = start.checked_sub(1).map(|i| &intervals[i]);
-    let (mut parse, skip_to) = ctx.open(after)?;
+    let mut stage = StageReader::open(&ctx.spool, &ctx.part.spool.file);
+    // A parse, opened at the first interval the stage cannot give, and
+    // the interval it is positioned at.
+    let mut parsing: Option<(Parse, u64, usize)> = None;
     for (seq, interval) in intervals.iter().enumerate().skip(start) {
         if ctx.stopped() {
             return Err(PassError::Stopped);
@@ -109,56 +117,34 @@ fn produce(
             .error_ordinals(ctx.job, ctx.part.index, interval.first, interval.last)?
             .into_iter()
             .collect();
-        let mut digest = Xxh3::new();
-        let mut items = Vec::new();
-        let mut seen = 0u64;
-        loop {
-            let item = parse.next()?;
-            let ordinal = match &item {
-                Item::Record(r) => r.location().ordinal,
-                Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
-                Item::End => {
-                    return Err(nondeterministic(ctx, interval, "the input ended early"));
-                }
-            };
-            if ordinal <= skip_to {
-                continue;
-            }
-            if ordinal > interval.last {
-                return Err(nondeterministic(
-                    ctx,
-                    interval,
-                    "the interval has different items",
-                ));
-            }
-            digest_item(&mut digest, &item);
-            seen += 1;
-            if let Item::Record(record) = item
-                && !rejected.contains(&ordinal)
-            {
-                match ctx.identity(&record) {
-                    Ok((kind, key)) => items.push(BatchItem {
-                        ordinal,
-                        kind,
-                        key,
-                        record,
-                    }),
-                    Err(_) => {
-                        return Err(nondeterministic(
-                            ctx,
-                            interval,
-                            "a record accepted before is now invalid",
-                        ));
+        let (items, seen) = match stage.block(seq as u64, interval) {
+            Some(block) => {
+                let mut items = Vec::with_capacity(block.records.len());
+                for record in block.records {
+                    let ordinal = record.location().ordinal;
+                    if !rejected.contains(&ordinal) {
+                        items.push(batch_item(ctx, interval, record)?);
                     }
                 }
+                (items, block.items)
             }
-            if ordinal == interval.last {
-                break;
+            None => {
+                let (parse, skip_to, _) = match parsing.take() {
+                    Some(p) if p.2 == seq => parsing.insert(p),
+                    _ => {
+                        tracing::debug!(job = ctx.job, seq, "interval not staged, parsing it");
+                        let (parse, skip_to) =
+                            ctx.open(seq.checked_sub(1).map(|i| &intervals[i]))?;
+                        parsing.insert((parse, skip_to, seq))
+                    }
+                };
+                let parsed = parse_interval(ctx, parse, *skip_to, interval, &rejected)?;
+                if let Some(p) = &mut parsing {
+                    p.2 = seq + 1;
+                }
+                parsed
             }
-        }
-        if digest_hex(&digest) != interval.digest {
-            return Err(nondeterministic(ctx, interval, "the records differ"));
-        }
+        };
         let prepared = Prepared {
             seq: seq as u64,
             interval: interval.clone(),
@@ -175,6 +161,71 @@ fn produce(
         }
     }
     Ok(())
+}
+
+/// A record pass 1 accepted, with its identity.
+fn batch_item(ctx: &PartCtx, interval: &Interval, record: Record) -> Result<BatchItem, PassError> {
+    match ctx.identity(&record) {
+        Ok((kind, key)) => Ok(BatchItem {
+            ordinal: record.location().ordinal,
+            kind,
+            key,
+            record,
+        }),
+        Err(_) => Err(nondeterministic(
+            ctx,
+            interval,
+            "a record accepted before is now invalid",
+        )),
+    }
+}
+
+/// Parse one interval, checking its items against pass 1's digest. Returns
+/// the records to apply and the number of items seen.
+fn parse_interval(
+    ctx: &PartCtx,
+    parse: &mut Parse,
+    skip_to: u64,
+    interval: &Interval,
+    rejected: &HashSet<u64>,
+) -> Result<(Vec<BatchItem>, u64), PassError> {
+    let mut digest = Xxh3::new();
+    let mut items = Vec::new();
+    let mut seen = 0u64;
+    loop {
+        let item = parse.next()?;
+        let ordinal = match &item {
+            Item::Record(r) => r.location().ordinal,
+            Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
+            Item::End => {
+                return Err(nondeterministic(ctx, interval, "the input ended early"));
+            }
+        };
+        if ordinal <= skip_to {
+            continue;
+        }
+        if ordinal > interval.last {
+            return Err(nondeterministic(
+                ctx,
+                interval,
+                "the interval has different items",
+            ));
+        }
+        digest_item(&mut digest, &item);
+        seen += 1;
+        if let Item::Record(record) = item
+            && !rejected.contains(&ordinal)
+        {
+            items.push(batch_item(ctx, interval, record)?);
+        }
+        if ordinal == interval.last {
+            break;
+        }
+    }
+    if digest_hex(&digest) != interval.digest {
+        return Err(nondeterministic(ctx, interval, "the records differ"));
+    }
+    Ok((items, seen))
 }
 
 fn nondeterministic(ctx: &PartCtx, interval: &Interval, what: &str) -> PassError {

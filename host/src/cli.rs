@@ -305,9 +305,22 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, Failure> {
 }
 
 /// Engine settings, with the tuning knobs the environment may set:
-/// `SLUICE_INTERVAL_ITEMS` (records per group commit).
+/// `SLUICE_INTERVAL_ITEMS` (records per group commit) and
+/// `SLUICE_STAGE_RECORDS` (`0` turns the record stage off).
 fn engine_config() -> Result<EngineConfig, Failure> {
     let mut config = EngineConfig::default();
+    if let Ok(v) = std::env::var("SLUICE_STAGE_RECORDS") {
+        config.stage_records = match v.as_str() {
+            "1" => true,
+            "0" => false,
+            _ => {
+                return Err(Failure {
+                    code: EXIT_USAGE,
+                    message: format!("SLUICE_STAGE_RECORDS must be 0 or 1, not {v:?}"),
+                });
+            }
+        };
+    }
     if let Ok(v) = std::env::var("SLUICE_INTERVAL_ITEMS") {
         config.interval_items = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| Failure {
             code: EXIT_USAGE,

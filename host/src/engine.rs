@@ -53,6 +53,11 @@ pub struct EngineConfig {
     pub sandbox: SandboxConfig,
     /// Defences for ZIP uploads.
     pub archive: crate::archive::ArchiveLimits,
+    /// Whether pass 1 keeps the records it validated in a scratch file
+    /// beside the spooled part, so pass 2 applies them without parsing the
+    /// part again. Costs about the upload's size again in disk while the
+    /// job runs. Default on.
+    pub stage_records: bool,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +70,7 @@ impl Default for EngineConfig {
             retry: crate::retry::RetryPolicy::default(),
             sandbox: SandboxConfig::default(),
             archive: crate::archive::ArchiveLimits::default(),
+            stage_records: true,
         }
     }
 }
@@ -715,6 +721,7 @@ impl Engine {
             cancel: cancel.clone(),
             retry: self.retry_policy(job)?,
             ledger: self.ledger(),
+            stage: self.inner.config.stage_records && !job.dry_run,
         })
     }
 

@@ -287,8 +287,9 @@ pub struct Interval {
     pub first: u64,
     pub last: u64,
     pub end_offset: u64,
-    /// SHA-256 over the items as pass 1 saw them, hex; pass 2 must see the
-    /// same.
+    /// XXH3-128 over the items as pass 1 saw them, hex: a check against a
+    /// nondeterministic plugin, not against an attacker (the plugin's
+    /// output is the input either way). Pass 2 must see the same.
     pub digest: String,
     /// Where a parse can resume right after `last`.
     pub resume: Option<Checkpoint>,

@@ -19,6 +19,7 @@ pub mod sandbox;
 pub mod scan;
 pub mod sink;
 pub mod spool;
+pub(crate) mod stage;
 pub mod target;
 
 /// Lock a mutex even if a thread panicked while holding it: the data behind

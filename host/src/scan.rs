@@ -3,7 +3,9 @@
 //! The plugin runs over the spooled part; every item is counted, every
 //! rejected record is recorded with its location and original text, keys
 //! are checked for duplicates, and every interval of items is committed
-//! with its digest and a resume checkpoint. Nothing touches the target.
+//! with its digest and a resume checkpoint. The interval's records are
+//! written to the part's record stage just before, for pass 2. Nothing
+//! touches the target.
 
 use std::io::Seek as _;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::journal::{
 use crate::record::{Item, Location, Record, RecordError, Value};
 use crate::sandbox::{Checkpoint, Parse, ParseError, Plugin, Sandbox};
 use crate::spool::Spool;
+use crate::stage::{Encoder, StageWriter};
 
 /// What a pass needs to know about one part of one job.
 #[derive(Clone)]
@@ -39,6 +42,8 @@ pub(crate) struct PartCtx {
     pub retry: crate::retry::RetryPolicy,
     /// Where multi-step targets journal their steps.
     pub ledger: Arc<dyn crate::sink::Ledger>,
+    /// Whether pass 1 stages its records for pass 2 (see `stage`).
+    pub stage: bool,
 }
 
 /// Why a pass stopped before the end of its part.
@@ -508,16 +513,24 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     // claims keys, records errors and commits. The work splits about
     // evenly over two cores.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(CHUNKS_IN_FLIGHT);
+    // Stage buffers go back to the parse thread to be filled again.
+    let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut stage = Staging {
+        writer: ctx
+            .stage
+            .then(|| StageWriter::create(&ctx.spool, &ctx.part.spool.file)),
+        spent: spent_tx,
+    };
     std::thread::scope(|scope| {
         let producer = std::thread::Builder::new()
             .name("sluice-scan-parse".into())
-            .spawn_scoped(scope, || {
-                if let Err(e) = parse_chunks(ctx, last.as_ref(), &tx) {
+            .spawn_scoped(scope, move || {
+                if let Err(e) = parse_chunks(ctx, last.as_ref(), &tx, &spent_rx) {
                     let _ = tx.send(Err(e));
                 }
             })
             .map_err(|e| PassError::Inconsistent(format!("cannot start the parse thread: {e}")))?;
-        let result = validate_chunks(ctx, keys, &intervals, &rx);
+        let result = validate_chunks(ctx, keys, &intervals, &rx, &mut stage);
         // Dropping the receiver stops the producer at its next send.
         drop(rx);
         let _ = producer.join();
@@ -534,13 +547,21 @@ const CHUNK_ITEMS: usize = 256;
 enum Chunk {
     Items(Vec<Scanned>),
     /// The interval ends after the items sent so far; `digest` covers its
-    /// items, `resume` is where a parse can continue from. `end`: the part
-    /// ended.
+    /// items, `resume` is where a parse can continue from, `staged` holds
+    /// its records encoded for the stage. `end`: the part ended.
     Cut {
         digest: String,
         resume: Option<Checkpoint>,
+        staged: Option<Vec<u8>>,
         end: bool,
     },
+}
+
+/// The validating thread's side of the record stage.
+struct Staging {
+    writer: Option<StageWriter>,
+    /// Where written buffers go back to the parse thread.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
 /// What validation needs of one item. The parse thread reduces each item
@@ -592,8 +613,11 @@ fn parse_chunks(
     ctx: &PartCtx,
     last: Option<&Interval>,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, PassError>>,
+    spent: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), PassError> {
     let (mut parse, skip_to) = ctx.open(last)?;
+    let fresh_encoder = || Encoder::with_buffer(spent.try_recv().unwrap_or_default());
+    let mut encoder = ctx.stage.then(fresh_encoder);
     let mut chunk = Vec::with_capacity(CHUNK_ITEMS);
     let (mut items, mut bytes) = (0u64, 0u64);
     let mut digest = Xxh3::new();
@@ -616,6 +640,9 @@ fn parse_chunks(
             items += 1;
             if let Item::Record(r) = &item {
                 bytes += r.size_bytes() as u64;
+                if let Some(e) = &mut encoder {
+                    e.push(r);
+                }
             }
             digest_item(&mut digest, &item);
         }
@@ -632,9 +659,13 @@ fn parse_chunks(
         if full || end {
             let resume = if end { None } else { parse.checkpoint()? };
             let digest = digest_hex(&std::mem::replace(&mut digest, Xxh3::new()));
+            let staged = encoder
+                .as_mut()
+                .map(|e| std::mem::replace(e, fresh_encoder()).finish());
             send(Chunk::Cut {
                 digest,
                 resume,
+                staged,
                 end,
             })?;
             (items, bytes) = (0, 0);
@@ -651,6 +682,7 @@ fn validate_chunks(
     keys: &mut KeySet,
     intervals: &[Interval],
     rx: &std::sync::mpsc::Receiver<Result<Chunk, PassError>>,
+    stage: &mut Staging,
 ) -> Result<(), PassError> {
     let last = intervals.last();
     let mut group = Group::new(intervals.len() as u64, last.map_or(1, |i| i.last + 1));
@@ -671,6 +703,7 @@ fn validate_chunks(
             Chunk::Cut {
                 digest,
                 resume,
+                staged,
                 end,
             } => {
                 let scanned_to = group.end_offset.max(offset_before);
@@ -681,9 +714,11 @@ fn validate_chunks(
                     Cut {
                         digest,
                         resume,
+                        staged,
                         done: end,
                         scanned_bytes: scanned_to - offset_before,
                     },
+                    stage,
                 )?;
                 offset_before = scanned_to;
                 if end {
@@ -755,6 +790,8 @@ struct Cut {
     digest: String,
     /// Where a parse can continue from.
     resume: Option<Checkpoint>,
+    /// The interval's records, encoded for the stage.
+    staged: Option<Vec<u8>>,
     /// The part ended.
     done: bool,
     /// Input bytes the interval covers.
@@ -762,11 +799,17 @@ struct Cut {
 }
 
 /// Commit the group: interval, errors, keys, counters. Starts the next group.
-fn commit(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, cut: Cut) -> Result<(), PassError> {
-    faults::point("scan.before-commit");
+fn commit(
+    ctx: &PartCtx,
+    g: &mut Group,
+    keys: &mut KeySet,
+    cut: Cut,
+    stage: &mut Staging,
+) -> Result<(), PassError> {
     let Cut {
         digest,
         resume,
+        staged,
         done,
         scanned_bytes,
     } = cut;
@@ -779,6 +822,15 @@ fn commit(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, cut: Cut) -> Result<(
         digest,
         resume,
     });
+    // Staged before the commit, so a committed interval's block is in the
+    // stage unless the machine lost it; pass 2 checks it either way.
+    if let Some(payload) = staged {
+        if let (Some(writer), Some(interval)) = (&mut stage.writer, &interval) {
+            writer.write_block(finished.seq, interval, finished.counts.scanned, &payload);
+        }
+        let _ = stage.spent.send(payload);
+    }
+    faults::point("scan.before-commit");
     let run = keys.pending_run();
     let job = ctx.job;
     let part_index = ctx.part.index;

@@ -304,10 +304,24 @@ impl Spool {
         self.fs.read_at(&self.path(file), offset, len)
     }
 
-    /// Remove a spooled file and make the removal durable.
+    /// Remove a spooled file, and its record stage if it has one, and make
+    /// the removal durable.
     pub fn remove(&self, file: &str) -> io::Result<()> {
         self.fs.remove(&self.path(file))?;
+        match self.fs.remove(&self.path(&crate::stage::stage_name(file))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         self.fs.sync_dir(&self.dir)
+    }
+
+    /// Create (or truncate) `name` in the spool for scratch data that is
+    /// never synced: a cache that readers check before trusting.
+    pub(crate) fn create_scratch(&self, name: &str) -> io::Result<Box<dyn SpoolWrite>> {
+        self.fs.create_dir_all(&self.dir)?;
+        let path = self.path(name);
+        self.fs.remove(&path)?;
+        self.fs.create(&path)
     }
 
     /// Remove every temporary and spool file `keep` does not claim: debris
@@ -327,7 +341,8 @@ impl Spool {
         }
         let mut removed = 0;
         for name in self.fs.list(&self.dir)? {
-            if !keep(&name) {
+            // A record stage goes with its spool file.
+            if !keep(crate::stage::staged_file(&name).unwrap_or(&name)) {
                 self.fs.remove(&self.path(&name))?;
                 removed += 1;
             }

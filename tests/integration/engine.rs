@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use sluice::engine::{Engine, Storage, Submitted};
+use sluice::engine::{Engine, ImportRequest, Storage, Submitted};
 use sluice::journal::{JobState, Journal, Stage};
 use sluice::sink::embedded::EmbeddedStore;
 use sluice::sink::{Batch, Ledger, Outcome, Sink, SinkError, UndoPage, UndoScope};
@@ -369,6 +369,21 @@ fn a_stop_between_target_write_and_journal_commit_resumes_exactly_once() {
     assert!(f.spool_files().is_empty());
 }
 
+/// The record stages pass 1 left in the spool, removed as a machine that
+/// lost them would; returns how many there were.
+fn lose_stages(f: &Fixture) -> usize {
+    let spool = f.dir.path().join("spool");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&spool).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "stage") {
+            std::fs::remove_file(path).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
 #[test]
 fn a_plugin_that_resumes_differently_is_caught_before_applying() {
     let (f, _) = faltering_fixture(2, |s| Faltering {
@@ -383,6 +398,9 @@ fn a_plugin_that_resumes_differently_is_caught_before_applying() {
         })
         .job();
     assert!(f.run(id).is_err());
+    // Without its record stage, pass 2 parses the part again from the
+    // checkpoint, where this plugin drifts.
+    assert_eq!(lose_stages(&f), 1);
     let f = f.reopen(test_config(2));
     f.rt.block_on(f.engine.recover()).unwrap();
     let job = f.engine.journal().job(id).unwrap();
@@ -402,6 +420,87 @@ fn a_plugin_that_resumes_differently_is_caught_before_applying() {
         !export.contains("\"c\"") && !export.contains("\"C\""),
         "{export}"
     );
+    assert!(f.spool_files().is_empty());
+}
+
+#[test]
+fn with_its_stage_a_resumed_apply_uses_the_records_pass_1_validated() {
+    // The same drifting plugin and stop as above: the stage still holds the
+    // records pass 1 validated, so pass 2 applies exactly those without
+    // parsing again, and the job completes.
+    let reference = Fixture::new(2);
+    reference.install_hostile();
+    let input = b"a\nb\nc\nd\ne\nf\n";
+    let hostile = |r: &mut ImportRequest| {
+        r.format = Some("hostile".into());
+        r.options = vec![("mode".into(), "drift".into())];
+    };
+    reference.import("lines.txt", input, hostile);
+    let (f, _) = faltering_fixture(2, |s| Faltering {
+        io_at: Some(2),
+        ..faltering(s)
+    });
+    f.install_hostile();
+    let id = f.submit("lines.txt", input, hostile).job();
+    assert!(f.run(id).is_err());
+    let f = f.reopen(test_config(2));
+    f.rt.block_on(f.engine.recover()).unwrap();
+    let job = f.engine.journal().job(id).unwrap();
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    assert_eq!(job.counts.applied, 6);
+    assert_eq!(f.export(), reference.export());
+    assert!(f.spool_files().is_empty());
+}
+
+#[test]
+fn a_lost_or_damaged_stage_is_parsed_again_and_changes_nothing() {
+    let input = csv_rows(40, 7);
+    let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
+    let reference = Fixture::new(4);
+    reference.import("rows.csv", &input, keyed);
+    for damage in ["lost", "cut", "flipped"] {
+        let (f, _) = faltering_fixture(4, |s| Faltering {
+            io_at: Some(3),
+            ..faltering(s)
+        });
+        let id = f.submit("rows.csv", &input, keyed).job();
+        assert!(f.run(id).is_err(), "{damage}");
+        let spool = f.dir.path().join("spool");
+        let stage = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "stage"))
+            .expect("pass 1 left a stage");
+        let bytes = std::fs::read(&stage).unwrap();
+        match damage {
+            "lost" => std::fs::remove_file(&stage).unwrap(),
+            "cut" => std::fs::write(&stage, &bytes[..bytes.len() / 2]).unwrap(),
+            _ => {
+                // Values changed in place: still well-formed records, so
+                // only the payload hash tells. Rows 10-19 and 30-39 only, so
+                // pass 2 goes from parsing to the stage and back.
+                let mut bad = bytes.clone();
+                for at in 0..bad.len() - 6 {
+                    if [b"name-1", b"name-3"].contains(&&bad[at..at + 6].try_into().unwrap()) {
+                        bad[at] = b'N';
+                    }
+                }
+                assert_ne!(bad, bytes);
+                std::fs::write(&stage, &bad).unwrap();
+            }
+        }
+        let f = f.reopen(test_config(4));
+        let report = f.rt.block_on(f.engine.recover()).unwrap();
+        assert_eq!(report.resumed, vec![(id, JobState::Completed)], "{damage}");
+        let job = f.engine.journal().job(id).unwrap();
+        assert_eq!(
+            (job.counts.scanned, job.counts.rejected, job.counts.applied),
+            (40, 5, 35),
+            "{damage}"
+        );
+        assert_eq!(f.export(), reference.export(), "{damage}");
+        assert!(f.spool_files().is_empty(), "{damage}");
+    }
 }
 
 #[test]

@@ -209,7 +209,10 @@ impl SpoolFs for LossyFs {
             .entries
             .get(path)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        Ok(Box::new(io::Cursor::new(live.contents[id].clone())))
+        // A file whose entry is durable but whose content never was reads
+        // as empty.
+        let content = live.contents.get(id).cloned().unwrap_or_default();
+        Ok(Box::new(io::Cursor::new(content)))
     }
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {

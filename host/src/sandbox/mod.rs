@@ -28,6 +28,7 @@ use wasmtime::{Config, Engine, Store};
 
 pub use fault::{ConfigError, FaultKind, LoadError, ParseError, PluginFault};
 pub use limits::{Limits, SandboxConfig};
+pub(crate) use parse::check_spans;
 pub use parse::{Checkpoint, Parse};
 
 /// The boundary's value types, shared with the host's records.

@@ -476,7 +476,7 @@ fn decode_values(words: &[u64]) -> Result<Vec<Slot>, String> {
 /// Check that every span lies in `data` and every text span (and the key)
 /// is UTF-8. The whole buffer is validated once when it is all text (the
 /// common case), leaving only a boundary check per span.
-fn check_spans(data: &[u8], values: &[Slot], key: Option<Span>) -> Option<String> {
+pub(crate) fn check_spans(data: &[u8], values: &[Slot], key: Option<Span>) -> Option<String> {
     let all_text = std::str::from_utf8(data).ok();
     let check = |s: Span, text: bool| -> Option<String> {
         let end = s.start as usize + s.len as usize;
