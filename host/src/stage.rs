@@ -121,9 +121,10 @@ impl Encoder {
         }
     }
 
-    /// The block's payload; the encoder is spent.
-    pub fn finish(self) -> Vec<u8> {
-        self.buf
+    /// The block's payload; the encoder is left empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.layouts.clear();
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -530,7 +531,7 @@ mod tests {
         for (seq, (interval, records)) in blocks.iter().enumerate() {
             let mut e = Encoder::default();
             records.iter().for_each(|r| e.push(r));
-            w.write_block(seq as u64, interval, records.len() as u64 + 1, &e.finish());
+            w.write_block(seq as u64, interval, records.len() as u64 + 1, &e.take());
         }
     }
 
@@ -646,7 +647,7 @@ mod tests {
                 .collect();
             let mut e = Encoder::default();
             records.iter().for_each(|r| e.push(r));
-            let payload = e.finish();
+            let payload = e.take();
             let back = decode(&payload, &interval(1, 40, "d")).expect("decodes");
             prop_assert!(back == records);
         }
