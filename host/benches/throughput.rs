@@ -11,6 +11,9 @@
 //!   limits on.
 //! - import: a whole import (spool, both passes, journal, embedded store)
 //!   beside the baseline, and the peak RSS of an import several times larger.
+//! - copy (only when `SLUICE_BENCH_POSTGRES_URL` names a PostgreSQL database
+//!   the bench may create a table in): `COPY ... FROM STDIN` of the same
+//!   file into a logged table, without and with a primary key, for scale.
 //!
 //! Arguments after `--`: `parse`, `import` (default: both), `--rows N`
 //! (default 1,000,000), `--big-factor K` (default 4), `--runs R` (default 3:
@@ -58,6 +61,10 @@ fn main() {
     if want("import") {
         paths.extend(["import", "import-nokey"]);
     }
+    let postgres = std::env::var_os("SLUICE_BENCH_POSTGRES_URL").is_some();
+    if want("import") && postgres {
+        paths.extend(["copy", "copy-pk"]);
+    }
     let runs = flag(&args, "--runs").unwrap_or(3).max(1);
     let mut results: Vec<Vec<Value>> = vec![Vec::new(); paths.len()];
     for _ in 0..runs {
@@ -99,6 +106,21 @@ fn main() {
         let plain = median("import-nokey");
         report("import end to end, keys from positions", &plain, &baseline);
         phases(&plain);
+        if postgres {
+            let copy = median("copy");
+            report("PostgreSQL COPY FROM STDIN, logged table", &copy, &baseline);
+            let copy_pk = median("copy-pk");
+            report(
+                "same, with a primary key on the key column",
+                &copy_pk,
+                &baseline,
+            );
+            println!(
+                "import --key / COPY: {:.2}x; / COPY with a primary key: {:.2}x",
+                rate(&import) / rate(&copy),
+                rate(&import) / rate(&copy_pk)
+            );
+        }
         // Memory, not speed, is the point of the larger input: one run each.
         let big_file = generate(rows * big);
         let big_plain = measure("import-nokey", &big_file);
@@ -293,16 +315,76 @@ fn child(path: &str, file: &Path) {
             writeln!(out, "{v}").unwrap();
             return;
         }
+        "copy" | "copy-pk" => {
+            let url = std::env::var("SLUICE_BENCH_POSTGRES_URL").expect("a PostgreSQL URL");
+            let (records, secs) = copy_into_postgres(&url, file, path == "copy-pk");
+            return print_child_secs(records, secs, path);
+        }
         other => panic!("unknown path {other}"),
     };
     print_child(records, started, path);
 }
 
 fn print_child(records: u64, started: Instant, path: &str) {
-    let secs = started.elapsed().as_secs_f64();
+    print_child_secs(records, started.elapsed().as_secs_f64(), path);
+}
+
+fn print_child_secs(records: u64, secs: f64, path: &str) {
     let v = json!({"path": path, "records": records, "secs": secs, "peak_rss_kib": peak_rss_kib()});
     let mut out = std::io::stdout().lock();
     writeln!(out, "{v}").unwrap();
+}
+
+/// `COPY` `file` into a fresh table, streaming it from here as `psql
+/// \\copy` would. The clock starts once the table exists.
+fn copy_into_postgres(url: &str, file: &Path, primary_key: bool) -> (u64, f64) {
+    use futures_util::SinkExt as _;
+    use tokio::io::AsyncReadExt as _;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connects to SLUICE_BENCH_POSTGRES_URL");
+        tokio::spawn(connection);
+        let key = if primary_key {
+            "text primary key"
+        } else {
+            "text"
+        };
+        client
+            .batch_execute(&format!(
+                "drop table if exists sluice_bench_copy;
+                 create table sluice_bench_copy (key {key}, service text, environment text,
+                   region text, setting text, value text, type text, owner text,
+                   updated_at text, notes text)"
+            ))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let sink = client
+            .copy_in("copy sluice_bench_copy from stdin (format csv, header true)")
+            .await
+            .unwrap();
+        let mut sink = std::pin::pin!(sink);
+        let mut input = tokio::fs::File::open(file).await.unwrap();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = input.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            sink.send(bytes::Bytes::copy_from_slice(&buf[..n]))
+                .await
+                .unwrap();
+        }
+        let rows = sink.as_mut().finish().await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        client
+            .batch_execute("drop table sluice_bench_copy")
+            .await
+            .unwrap();
+        (rows, secs)
+    })
 }
 
 /// Generate (once) `rows` config-like CSV rows in the target directory.
