@@ -58,6 +58,10 @@ pub struct EngineConfig {
     /// part again. Costs about the upload's size again in disk while the
     /// job runs. Default on.
     pub stage_records: bool,
+    /// Free bytes the record stage leaves on the spool's file system: it
+    /// stops (and pass 2 parses the rest) rather than go below. Default
+    /// 1 GiB.
+    pub stage_reserve_bytes: u64,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +75,7 @@ impl Default for EngineConfig {
             sandbox: SandboxConfig::default(),
             archive: crate::archive::ArchiveLimits::default(),
             stage_records: true,
+            stage_reserve_bytes: 1 << 30,
         }
     }
 }

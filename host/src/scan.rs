@@ -517,9 +517,13 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(CHUNKS_IN_FLIGHT);
     let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<Item>>();
     let mut stage = Staging {
-        writer: ctx
-            .stage
-            .then(|| StageWriter::create(&ctx.spool, &ctx.part.spool.file)),
+        writer: ctx.stage.then(|| {
+            StageWriter::create(
+                &ctx.spool,
+                &ctx.part.spool.file,
+                ctx.config.stage_reserve_bytes,
+            )
+        }),
         encoder: Encoder::default(),
     };
     std::thread::scope(|scope| {

@@ -49,6 +49,12 @@ pub trait SpoolFs: Send + Sync + fmt::Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Names of the regular files in `dir` (empty if it does not exist).
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Bytes an unprivileged writer may still use on the file system
+    /// holding `dir`.
+    fn available(&self, dir: &Path) -> io::Result<u64> {
+        let _ = dir;
+        Ok(u64::MAX)
+    }
 }
 
 /// The real file system.
@@ -101,6 +107,21 @@ impl SpoolFs for RealFs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+    fn available(&self, dir: &Path) -> io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a NUL-terminated string and `st` is large
+        // enough for the statvfs structure the call fills in.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs succeeded, so it filled `st` in.
+        let st = unsafe { st.assume_init() };
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let entries = match fs::read_dir(dir) {
@@ -313,6 +334,11 @@ impl Spool {
             _ => {}
         }
         self.fs.sync_dir(&self.dir)
+    }
+
+    /// Bytes still free for writers on the spool's file system.
+    pub(crate) fn available(&self) -> io::Result<u64> {
+        self.fs.available(&self.dir)
     }
 
     /// Create (or truncate) `name` in the spool for scratch data that is

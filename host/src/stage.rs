@@ -202,13 +202,18 @@ impl Header {
 pub(crate) struct StageWriter {
     out: Option<Box<dyn SpoolWrite>>,
     name: String,
+    spool: Spool,
+    /// Free bytes the stage leaves on the spool's file system.
+    reserve: u64,
 }
 
 impl StageWriter {
     /// Start the stage of spool file `file` afresh (a resumed pass 1 starts
     /// a new one: the blocks of its earlier run are dropped, and pass 2
-    /// parses their intervals instead).
-    pub fn create(spool: &Spool, file: &str) -> Self {
+    /// parses their intervals instead). Staging stops, keeping the blocks
+    /// written, before it would leave less than `reserve` bytes free: the
+    /// journal, the store and other uploads need the disk more.
+    pub fn create(spool: &Spool, file: &str, reserve: u64) -> Self {
         let name = stage_name(file);
         let out = match spool.create_scratch(&name) {
             Ok(out) => Some(out),
@@ -217,11 +222,33 @@ impl StageWriter {
                 None
             }
         };
-        StageWriter { out, name }
+        StageWriter {
+            out,
+            name,
+            spool: spool.clone(),
+            reserve,
+        }
     }
 
     /// Append interval `seq`'s block.
     pub fn write_block(&mut self, seq: u64, interval: &Interval, items: u64, payload: &[u8]) {
+        if self.out.is_none() {
+            return;
+        }
+        let need = (HEADER + payload.len()) as u64;
+        match self.spool.available() {
+            Ok(free) if free >= need.saturating_add(self.reserve) => {}
+            free => {
+                tracing::warn!(
+                    stage = %self.name,
+                    "record stage stopped at interval {seq} to keep {} bytes free ({free:?} free): \
+                     pass 2 will parse the rest again",
+                    self.reserve
+                );
+                self.out = None;
+                return;
+            }
+        }
         let Some(out) = &mut self.out else { return };
         let header = Header {
             seq,
@@ -527,7 +554,7 @@ mod tests {
 
     /// Stage `blocks` (each: interval and its records) for spool file "f".
     fn write(spool: &Spool, blocks: &[(Interval, Vec<Record>)]) {
-        let mut w = StageWriter::create(spool, "f");
+        let mut w = StageWriter::create(spool, "f", 0);
         for (seq, (interval, records)) in blocks.iter().enumerate() {
             let mut e = Encoder::default();
             records.iter().for_each(|r| e.push(r));
@@ -620,7 +647,7 @@ mod tests {
     fn a_new_stage_replaces_the_old_one() {
         let (_d, spool) = spool();
         write(&spool, &two_blocks());
-        StageWriter::create(&spool, "f");
+        StageWriter::create(&spool, "f", 0);
         assert!(
             StageReader::open(&spool, "f")
                 .block(0, &two_blocks()[0].0)
@@ -629,6 +656,24 @@ mod tests {
         // And it goes with its spool file.
         spool.remove("f").unwrap();
         assert!(spool.files().unwrap().is_empty());
+    }
+
+    #[test]
+    fn staging_stops_before_the_disk_would_fill() {
+        let (_d, spool) = spool();
+        let blocks = two_blocks();
+        let mut w = StageWriter::create(&spool, "f", u64::MAX);
+        assert!(spool.available().unwrap() > 0);
+        let mut e = Encoder::default();
+        blocks[0].1.iter().for_each(|r| e.push(r));
+        w.write_block(0, &blocks[0].0, 3, &e.take());
+        let stage = spool.path(&stage_name("f"));
+        assert_eq!(std::fs::metadata(&stage).unwrap().len(), 0);
+        assert!(
+            StageReader::open(&spool, "f")
+                .block(0, &blocks[0].0)
+                .is_none()
+        );
     }
 
     proptest! {

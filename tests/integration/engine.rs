@@ -274,12 +274,19 @@ fn faltering_fixture(
     interval: u64,
     sink: impl FnOnce(Arc<EmbeddedStore>) -> Faltering,
 ) -> (Fixture, Arc<Faltering>) {
+    faltering_fixture_with(test_config(interval), sink)
+}
+
+fn faltering_fixture_with(
+    config: sluice::engine::EngineConfig,
+    sink: impl FnOnce(Arc<EmbeddedStore>) -> Faltering,
+) -> (Fixture, Arc<Faltering>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.redb")).unwrap());
     let sink = Arc::new(sink(store.clone()));
     let engine = Engine::with_storage(
         dir.path(),
-        test_config(interval),
+        config,
         Storage {
             journal: Journal::open(&dir.path().join("journal.redb")).unwrap(),
             store,
@@ -448,6 +455,37 @@ fn with_its_stage_a_resumed_apply_uses_the_records_pass_1_validated() {
     let job = f.engine.journal().job(id).unwrap();
     assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
     assert_eq!(job.counts.applied, 6);
+    assert_eq!(f.export(), reference.export());
+    assert!(f.spool_files().is_empty());
+}
+
+#[test]
+fn a_stage_that_would_fill_the_disk_stops_and_pass_2_parses_instead() {
+    let input = csv_rows(40, 7);
+    let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
+    let reference = Fixture::new(4);
+    reference.import("rows.csv", &input, keyed);
+    let mut config = test_config(4);
+    config.stage_reserve_bytes = u64::MAX;
+    let (f, _) = faltering_fixture_with(config.clone(), |s| Faltering {
+        io_at: Some(3),
+        ..faltering(s)
+    });
+    let id = f.submit("rows.csv", &input, keyed).job();
+    assert!(f.run(id).is_err());
+    // Stopped in pass 2: the stage holds nothing.
+    let stages: Vec<u64> = std::fs::read_dir(f.dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "stage"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(stages, [0]);
+    let f = f.reopen(config);
+    let report = f.rt.block_on(f.engine.recover()).unwrap();
+    assert_eq!(report.resumed, vec![(id, JobState::Completed)]);
+    let job = f.engine.journal().job(id).unwrap();
+    assert_eq!((job.counts.rejected, job.counts.applied), (5, 35));
     assert_eq!(f.export(), reference.export());
     assert!(f.spool_files().is_empty());
 }
