@@ -104,8 +104,9 @@ fn produce(
 ) -> Result<(), PassError> {
     let _span = tracing::info_span!("apply", job = ctx.job, part = ctx.part.index).entered();
     let mut stage = StageReader::open(&ctx.spool, &ctx.part.spool.file);
-    // A parse, opened at the first interval the stage cannot give, and
-    // the interval it is positioned at.
+    // A parse, opened at the first interval the stage cannot give: the
+    // parse, the ordinal up to which it skips items, and the interval it is
+    // positioned at.
     let mut parsing: Option<(Parse, u64, usize)> = None;
     for (seq, interval) in intervals.iter().enumerate().skip(start) {
         if ctx.stopped() {
@@ -119,6 +120,11 @@ fn produce(
             .collect();
         let (items, seen) = match stage.block(seq as u64, interval) {
             Some(block) => {
+                // The open parse is behind now: let its instance and file go.
+                // (A later miss reopens at a checkpoint; a plugin without
+                // checkpoints replays from the start, which only a damaged
+                // stage asks for.)
+                parsing = None;
                 let mut items = Vec::with_capacity(block.records.len());
                 for record in block.records {
                     let ordinal = record.location().ordinal;

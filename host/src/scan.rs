@@ -683,7 +683,9 @@ fn validate_chunks(
             Chunk::Items(items) => {
                 for item in &items {
                     digest_item(&mut digest, item);
-                    if let (Item::Record(r), Some(_)) = (item, &stage.writer) {
+                    if let (Item::Record(r), Some(w)) = (item, &stage.writer)
+                        && w.is_active()
+                    {
                         stage.encoder.push(r);
                     }
                     let Some(scanned) = Scanned::of(ctx, item) else {

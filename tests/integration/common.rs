@@ -48,6 +48,8 @@ pub fn test_config(interval_items: u64) -> EngineConfig {
         ..EngineConfig::default()
     };
     config.sandbox.cache_dir = Some(shared_cache());
+    // Stage whatever the disk has free: tests must not depend on it.
+    config.stage_reserve_bytes = 0;
     config.retry.base = std::time::Duration::from_millis(5);
     config
 }

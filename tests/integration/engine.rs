@@ -515,8 +515,8 @@ fn a_lost_or_damaged_stage_is_parsed_again_and_changes_nothing() {
             "cut" => std::fs::write(&stage, &bytes[..bytes.len() / 2]).unwrap(),
             _ => {
                 // Values changed in place: still well-formed records, so
-                // only the payload hash tells. Rows 10-19 and 30-39 only, so
-                // pass 2 goes from parsing to the stage and back.
+                // only the payload hash tells. Rows 1, 3, 10-19 and 30-39
+                // only, so pass 2 goes from parsing to the stage and back.
                 let mut bad = bytes.clone();
                 for at in 0..bad.len() - 6 {
                     if [b"name-1", b"name-3"].contains(&&bad[at..at + 6].try_into().unwrap()) {
