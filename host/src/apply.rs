@@ -104,10 +104,10 @@ fn produce(
 ) -> Result<(), PassError> {
     let _span = tracing::info_span!("apply", job = ctx.job, part = ctx.part.index).entered();
     let mut stage = StageReader::open(&ctx.spool, &ctx.part.spool.file);
-    // A parse, opened at the first interval the stage cannot give: the
-    // parse, the ordinal up to which it skips items, and the interval it is
-    // positioned at.
-    let mut parsing: Option<(Parse, u64, usize)> = None;
+    // The parse of the interval before, if it was parsed (and not read from
+    // the stage), with the ordinal up to which it skips items: it is
+    // positioned at this interval.
+    let mut parsing: Option<(Parse, u64)> = None;
     for (seq, interval) in intervals.iter().enumerate().skip(start) {
         if ctx.stopped() {
             return Err(PassError::Stopped);
@@ -135,20 +135,14 @@ fn produce(
                 (items, block.items)
             }
             None => {
-                let (parse, skip_to, _) = match parsing.take() {
-                    Some(p) if p.2 == seq => parsing.insert(p),
-                    _ => {
+                let (parse, skip_to) = match &mut parsing {
+                    Some(p) => p,
+                    None => {
                         tracing::debug!(job = ctx.job, seq, "interval not staged, parsing it");
-                        let (parse, skip_to) =
-                            ctx.open(seq.checked_sub(1).map(|i| &intervals[i]))?;
-                        parsing.insert((parse, skip_to, seq))
+                        parsing.insert(ctx.open(seq.checked_sub(1).map(|i| &intervals[i]))?)
                     }
                 };
-                let parsed = parse_interval(ctx, parse, *skip_to, interval, &rejected)?;
-                if let Some(p) = &mut parsing {
-                    p.2 = seq + 1;
-                }
-                parsed
+                parse_interval(ctx, parse, *skip_to, interval, &rejected)?
             }
         };
         let prepared = Prepared {

@@ -306,7 +306,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<u8, Failure> {
 
 /// Engine settings, with the tuning knobs the environment may set:
 /// `SLUICE_INTERVAL_ITEMS` (records per group commit) and
-/// `SLUICE_STAGE_RECORDS` (`0` turns the record stage off).
+/// `SLUICE_STAGE_RECORDS` (`0` stops writing the record stage).
 fn engine_config() -> Result<EngineConfig, Failure> {
     let mut config = EngineConfig::default();
     if let Ok(v) = std::env::var("SLUICE_STAGE_RECORDS") {

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod archive;
 pub mod cli;
+pub(crate) mod codec;
 pub mod compensate;
 pub mod engine;
 pub mod faults;

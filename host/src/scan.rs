@@ -566,45 +566,6 @@ struct Staging {
     encoder: Encoder,
 }
 
-/// What validation needs of one item.
-enum Scanned {
-    Record {
-        location: Location,
-        check: Checked,
-    },
-    /// A record error or the fatal error that ended the part (counted
-    /// alike).
-    Error(RecordError),
-}
-
-/// A record's identity, as far as pass 1 cares.
-enum Checked {
-    /// A key to claim: the hash of kind and key.
-    Key([u8; 16]),
-    /// A key derived from the record's position: unique by construction.
-    Derived,
-    Invalid(NoIdentity),
-}
-
-impl Scanned {
-    fn of(ctx: &PartCtx, item: &Item) -> Option<Self> {
-        Some(match item {
-            Item::Record(r) => Scanned::Record {
-                location: r.location(),
-                check: match ctx.key_of(r) {
-                    // A key derived from the position is unique by
-                    // construction: pass 1 need not build it.
-                    Ok((_, None)) => Checked::Derived,
-                    Ok((kind, Some(key))) => Checked::Key(key_hash(kind, &key)),
-                    Err(why) => Checked::Invalid(why),
-                },
-            },
-            Item::Error(error) | Item::Fatal(error) => Scanned::Error(error.clone()),
-            Item::End => return None,
-        })
-    }
-}
-
 /// Parse the part from where the journal says pass 1 stopped, cutting it
 /// into intervals (by item count and record bytes) with a checkpoint at
 /// each cut.
@@ -688,10 +649,7 @@ fn validate_chunks(
                     {
                         stage.encoder.push(r);
                     }
-                    let Some(scanned) = Scanned::of(ctx, item) else {
-                        continue;
-                    };
-                    accept(ctx, &mut group, keys, scanned)?;
+                    accept(ctx, &mut group, keys, item)?;
                     if group.counts.scanned == ctx.config.interval_items / 2 {
                         faults::point("scan.mid-interval");
                     }
@@ -723,50 +681,59 @@ fn validate_chunks(
 }
 
 /// Account one item to the group.
-fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: Scanned) -> Result<(), PassError> {
-    g.counts.scanned += 1;
-    match item {
-        Scanned::Record {
-            location: loc,
-            check,
-        } => {
-            g.last = loc.ordinal;
-            g.end_offset = loc.end();
-            match check {
-                Checked::Key(hash) => {
-                    if let Some((first, line)) =
-                        keys.claim(&ctx.journal, ctx.job, hash, (loc.ordinal, loc.line))?
-                    {
-                        let message = format!(
-                            "this record's key is already used by record {first} (line {line}); \
-                             keys must be unique within an import"
-                        );
-                        let e = ctx.error_entry(
-                            Stage::Validate,
-                            "duplicate-key",
-                            &message,
-                            ctx.key_field.clone(),
-                            loc,
-                        )?;
-                        reject(g, loc.ordinal, e);
-                    }
-                }
-                Checked::Derived => {}
-                Checked::Invalid(NoIdentity {
-                    code,
-                    message,
-                    field,
-                }) => {
-                    let e = ctx.error_entry(Stage::Validate, code, &message, field, loc)?;
-                    reject(g, loc.ordinal, e);
-                }
-            }
-        }
-        Scanned::Error(e) => {
+fn accept(ctx: &PartCtx, g: &mut Group, keys: &mut KeySet, item: &Item) -> Result<(), PassError> {
+    let record = match item {
+        Item::Record(r) => r,
+        Item::Error(e) | Item::Fatal(e) => {
+            g.counts.scanned += 1;
             g.last = e.location.ordinal;
             g.end_offset = e.location.end();
-            let entry = ctx.error_entry(Stage::Parse, &e.code, &e.message, e.field, e.location)?;
+            let entry = ctx.error_entry(
+                Stage::Parse,
+                &e.code,
+                &e.message,
+                e.field.clone(),
+                e.location,
+            )?;
             reject(g, e.location.ordinal, entry);
+            return Ok(());
+        }
+        Item::End => return Ok(()),
+    };
+    let loc = record.location();
+    g.counts.scanned += 1;
+    g.last = loc.ordinal;
+    g.end_offset = loc.end();
+    match ctx.key_of(record) {
+        // A key derived from the position is unique by construction: pass 1
+        // need not build it.
+        Ok((_, None)) => {}
+        Ok((kind, Some(key))) => {
+            let hash = key_hash(kind, &key);
+            if let Some((first, line)) =
+                keys.claim(&ctx.journal, ctx.job, hash, (loc.ordinal, loc.line))?
+            {
+                let message = format!(
+                    "this record's key is already used by record {first} (line {line}); \
+                     keys must be unique within an import"
+                );
+                let e = ctx.error_entry(
+                    Stage::Validate,
+                    "duplicate-key",
+                    &message,
+                    ctx.key_field.clone(),
+                    loc,
+                )?;
+                reject(g, loc.ordinal, e);
+            }
+        }
+        Err(NoIdentity {
+            code,
+            message,
+            field,
+        }) => {
+            let e = ctx.error_entry(Stage::Validate, code, &message, field, loc)?;
+            reject(g, loc.ordinal, e);
         }
     }
     Ok(())
@@ -815,11 +782,11 @@ fn commit(
     // Staged before the commit, so a committed interval's block is in the
     // stage unless the machine lost it; pass 2 checks it either way.
     if let Some(writer) = &mut stage.writer {
-        let payload = stage.encoder.take();
         if let Some(interval) = &interval {
-            writer.write_block(finished.seq, interval, finished.counts.scanned, &payload);
+            let payload = stage.encoder.payload();
+            writer.write_block(finished.seq, interval, finished.counts.scanned, payload);
         }
-        stage.encoder = Encoder::with_buffer(payload);
+        stage.encoder.clear();
     }
     faults::point("scan.before-commit");
     let run = keys.pending_run();

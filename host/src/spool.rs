@@ -46,6 +46,7 @@ pub trait SpoolFs: Send + Sync + fmt::Debug {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Make the directory's entries (creations, renames, removals) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Remove a file; one that does not exist is no error.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Names of the regular files in `dir` (empty if it does not exist).
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
@@ -109,18 +110,7 @@ impl SpoolFs for RealFs {
         }
     }
     fn available(&self, dir: &Path) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt as _;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
-        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: `path` is a NUL-terminated string and `st` is large
-        // enough for the statvfs structure the call fills in.
-        let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: statvfs succeeded, so it filled `st` in.
-        let st = unsafe { st.assume_init() };
+        let st = rustix::fs::statvfs(dir)?;
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -329,10 +319,8 @@ impl Spool {
     /// the removal durable.
     pub fn remove(&self, file: &str) -> io::Result<()> {
         self.fs.remove(&self.path(file))?;
-        match self.fs.remove(&self.path(&crate::stage::stage_name(file))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        self.fs
+            .remove(&self.path(&crate::stage::stage_name(file)))?;
         self.fs.sync_dir(&self.dir)
     }
 

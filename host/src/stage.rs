@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::codec::{Decoder, put_varint};
 use crate::journal::Interval;
 use crate::record::{Layout, Location, Record, Slot, Span, tag};
 use crate::spool::{ReadSeek, Spool, SpoolWrite};
@@ -67,15 +68,6 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder writing into `buf` (cleared), so buffers can be reused.
-    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
-        buf.clear();
-        Encoder {
-            buf,
-            layouts: HashMap::new(),
-        }
-    }
-
     pub fn push(&mut self, r: &Record) {
         let address = Arc::as_ptr(&r.layout) as usize;
         let index = match self.layouts.get(&address) {
@@ -126,19 +118,16 @@ impl Encoder {
         }
     }
 
-    /// The block's payload; the encoder is left empty.
-    pub fn take(&mut self) -> Vec<u8> {
-        self.layouts.clear();
-        std::mem::take(&mut self.buf)
+    /// The block's payload so far.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf
     }
-}
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
+    /// Start the next block, keeping the buffer's memory.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.layouts.clear();
     }
-    out.push(n as u8);
 }
 
 fn put_span(out: &mut Vec<u8>, s: Span) {
@@ -382,22 +371,19 @@ impl StageReader {
 /// The records of a payload, checked like records from a plugin (spans in
 /// their data, text UTF-8, ordinals within the interval), or `None`.
 fn decode(payload: &[u8], interval: &Interval) -> Option<Vec<Record>> {
-    let mut r = Cursor {
-        buf: payload,
-        at: 0,
-    };
+    let mut r = Decoder { buf: payload };
     let mut layouts: Vec<Arc<Layout>> = Vec::new();
     let mut records = Vec::new();
     let mut previous = 0;
-    while r.at < payload.len() {
-        match r.byte()? {
+    while !r.buf.is_empty() {
+        match r.u8()? {
             LAYOUT => {
-                let has_kind = r.byte()? == 1;
-                let kind = r.string()?;
+                let has_kind = r.u8()? == 1;
+                let kind = string(&mut r)?;
                 let n = r.varint()?;
                 let mut fields = Vec::with_capacity(n.min(1024) as usize);
                 for _ in 0..n {
-                    fields.push(r.string()?);
+                    fields.push(string(&mut r)?);
                 }
                 layouts.push(Arc::new(Layout::new(has_kind.then_some(kind), fields)));
             }
@@ -416,25 +402,29 @@ fn decode(payload: &[u8], interval: &Interval) -> Option<Vec<Record>> {
                     return None;
                 }
                 previous = location.ordinal;
-                let key = match r.byte()? {
+                let key = match r.u8()? {
                     0 => None,
-                    1 => Some(r.span()?),
+                    1 => Some(span(&mut r)?),
                     _ => return None,
                 };
                 let n = r.varint()?;
                 let mut slots = Vec::with_capacity(n.min(4096) as usize);
                 for _ in 0..n {
-                    slots.push(match r.byte()? {
+                    slots.push(match r.u8()? {
                         tag::NULL => Slot::Null,
-                        tag::BOOLEAN => Slot::Boolean(r.byte()? == 1),
-                        tag::INTEGER => Slot::Integer(i64::from_le_bytes(r.array()?)),
-                        tag::FLOAT => Slot::Float(f64::from_bits(u64::from_le_bytes(r.array()?))),
-                        tag::TEXT => Slot::Text(r.span()?),
-                        tag::BYTES => Slot::Bytes(r.span()?),
+                        tag::BOOLEAN => match r.u8()? {
+                            0 => Slot::Boolean(false),
+                            1 => Slot::Boolean(true),
+                            _ => return None,
+                        },
+                        tag::INTEGER => Slot::Integer(r.u64()? as i64),
+                        tag::FLOAT => Slot::Float(f64::from_bits(r.u64()?)),
+                        tag::TEXT => Slot::Text(span(&mut r)?),
+                        tag::BYTES => Slot::Bytes(span(&mut r)?),
                         _ => return None,
                     });
                 }
-                let data = r.bytes()?.to_vec();
+                let data = bytes(&mut r)?.to_vec();
                 if crate::sandbox::check_spans(&data, &slots, key).is_some() {
                     return None;
                 }
@@ -452,56 +442,20 @@ fn decode(payload: &[u8], interval: &Interval) -> Option<Vec<Record>> {
     Some(records)
 }
 
-struct Cursor<'a> {
-    buf: &'a [u8],
-    at: usize,
+fn bytes<'a>(d: &mut Decoder<'a>) -> Option<&'a [u8]> {
+    let len = usize::try_from(d.varint()?).ok()?;
+    d.take(len)
 }
 
-impl<'a> Cursor<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let b = *self.buf.get(self.at)?;
-        self.at += 1;
-        Some(b)
-    }
+fn string(d: &mut Decoder<'_>) -> Option<String> {
+    String::from_utf8(bytes(d)?.to_vec()).ok()
+}
 
-    fn varint(&mut self) -> Option<u64> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(n);
-            }
-        }
-        None
-    }
-
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(len)?;
-        let s = self.buf.get(self.at..end)?;
-        self.at = end;
-        Some(s)
-    }
-
-    fn array(&mut self) -> Option<[u8; 8]> {
-        self.take(8)?.try_into().ok()
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        self.take(len)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
-
-    fn span(&mut self) -> Option<Span> {
-        Some(Span {
-            start: u32::try_from(self.varint()?).ok()?,
-            len: u32::try_from(self.varint()?).ok()?,
-        })
-    }
+fn span(d: &mut Decoder<'_>) -> Option<Span> {
+    Some(Span {
+        start: u32::try_from(d.varint()?).ok()?,
+        len: u32::try_from(d.varint()?).ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -574,7 +528,7 @@ mod tests {
         for (seq, (interval, records)) in blocks.iter().enumerate() {
             let mut e = Encoder::default();
             records.iter().for_each(|r| e.push(r));
-            w.write_block(seq as u64, interval, records.len() as u64 + 1, &e.take());
+            w.write_block(seq as u64, interval, records.len() as u64 + 1, e.payload());
         }
     }
 
@@ -683,7 +637,7 @@ mod tests {
         assert!(spool.available().unwrap() > 0);
         let mut e = Encoder::default();
         blocks[0].1.iter().for_each(|r| e.push(r));
-        w.write_block(0, &blocks[0].0, 3, &e.take());
+        w.write_block(0, &blocks[0].0, 3, e.payload());
         let stage = spool.path(&stage_name("f"));
         assert_eq!(std::fs::metadata(&stage).unwrap().len(), 0);
         assert!(
@@ -709,8 +663,8 @@ mod tests {
                 .collect();
             let mut e = Encoder::default();
             records.iter().for_each(|r| e.push(r));
-            let payload = e.take();
-            let back = decode(&payload, &interval(1, 40, "d")).expect("decodes");
+            let payload = e.payload();
+            let back = decode(payload, &interval(1, 40, "d")).expect("decodes");
             prop_assert!(back == records);
         }
 
@@ -724,7 +678,7 @@ mod tests {
             let _ = decode(&noise, &interval(0, 1 << 40, "d"));
             let mut e = Encoder::default();
             two_blocks().iter().flat_map(|(_, rs)| rs).for_each(|r| e.push(r));
-            let mut payload = e.take();
+            let mut payload = e.payload().to_vec();
             for (at, x) in flips {
                 let i = at.index(payload.len());
                 payload[i] ^= x;

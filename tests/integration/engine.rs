@@ -376,19 +376,23 @@ fn a_stop_between_target_write_and_journal_commit_resumes_exactly_once() {
     assert!(f.spool_files().is_empty());
 }
 
+/// The record stages pass 1 left in the spool.
+fn stages(f: &Fixture) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(f.dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "stage"))
+        .collect()
+}
+
 /// The record stages pass 1 left in the spool, removed as a machine that
 /// lost them would; returns how many there were.
 fn lose_stages(f: &Fixture) -> usize {
-    let spool = f.dir.path().join("spool");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&spool).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "stage") {
-            std::fs::remove_file(path).unwrap();
-            n += 1;
-        }
+    let stages = stages(f);
+    for path in &stages {
+        std::fs::remove_file(path).unwrap();
     }
-    n
+    stages.len()
 }
 
 #[test]
@@ -474,13 +478,11 @@ fn a_stage_that_would_fill_the_disk_stops_and_pass_2_parses_instead() {
     let id = f.submit("rows.csv", &input, keyed).job();
     assert!(f.run(id).is_err());
     // Stopped in pass 2: the stage holds nothing.
-    let stages: Vec<u64> = std::fs::read_dir(f.dir.path().join("spool"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "stage"))
+    let sizes: Vec<u64> = stages(&f)
+        .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .collect();
-    assert_eq!(stages, [0]);
+    assert_eq!(sizes, [0]);
     let f = f.reopen(config);
     let report = f.rt.block_on(f.engine.recover()).unwrap();
     assert_eq!(report.resumed, vec![(id, JobState::Completed)]);
@@ -503,12 +505,7 @@ fn a_lost_or_damaged_stage_is_parsed_again_and_changes_nothing() {
         });
         let id = f.submit("rows.csv", &input, keyed).job();
         assert!(f.run(id).is_err(), "{damage}");
-        let spool = f.dir.path().join("spool");
-        let stage = std::fs::read_dir(&spool)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "stage"))
-            .expect("pass 1 left a stage");
+        let stage = stages(&f).pop().expect("pass 1 left a stage");
         let bytes = std::fs::read(&stage).unwrap();
         match damage {
             "lost" => std::fs::remove_file(&stage).unwrap(),

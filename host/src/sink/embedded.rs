@@ -48,6 +48,7 @@ use serde_json::{Map, Value as Json, json};
 use sha2::{Digest as _, Sha256};
 
 use super::{Batch, Ledger, Outcome, Sink, SinkError, UndoAction, UndoEntry, UndoPage, UndoScope};
+use crate::codec::{Decoder, put_varint};
 use crate::record::{Layout, Record, Slot, Value, tag};
 
 const RECORDS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("records");
@@ -148,53 +149,6 @@ fn encode(out: &mut Vec<u8>, job: u64, part: u32, ordinal: u64, layout: u64, r: 
         if let Slot::Text(s) | Slot::Bytes(s) = *slot {
             out.extend_from_slice(&r.data[s.range()]);
         }
-    }
-}
-
-/// LEB128: seven bits per byte, low first.
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-/// Reads the encoding back.
-struct Decoder<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Decoder<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.buf.len() < n {
-            return None;
-        }
-        let (head, rest) = self.buf.split_at(n);
-        self.buf = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
-    }
-    fn varint(&mut self) -> Option<u64> {
-        let mut n = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            n |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(n);
-            }
-        }
-        None
     }
 }
 
