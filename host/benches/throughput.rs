@@ -8,7 +8,7 @@
 //! - parse: the `csv` crate with a reused `ByteRecord` (the native
 //!   baseline); the csv adapter compiled natively, building the same owned
 //!   records it returns in the sandbox; the sandboxed csv plugin with its CPU
-//!   limits on.
+//!   limits on, called as pass 1 calls it (batches of 256 records).
 //! - import: a whole import (spool, both passes, journal, embedded store)
 //!   beside the baseline, and the peak RSS of an import several times larger.
 //! - copy (only when `SLUICE_BENCH_POSTGRES_URL` names a PostgreSQL database
@@ -86,7 +86,7 @@ fn main() {
         report("csv adapter natively, owned records", &native, &baseline);
         let sandboxed = median("sandbox");
         report(
-            "csv plugin in the sandbox, CPU limit on",
+            "csv plugin in the sandbox, batched calls, CPU limit on",
             &sandboxed,
             &baseline,
         );
@@ -264,18 +264,26 @@ fn child(path: &str, file: &Path) {
             let mut parse = sandbox
                 .open(&plugin, Box::new(input), &[], None, None, None)
                 .unwrap();
-            let mut n = 0u64;
+            // As pass 1 calls it: batches of up to 256 records or 1 MiB,
+            // decoded into records (here on the same thread).
+            let (mut n, mut items) = (0u64, Vec::new());
             loop {
-                match parse.next().unwrap() {
-                    Item::Record(r) => {
-                        std::hint::black_box(&r);
-                        n += 1;
+                parse
+                    .next_batch(256, 1 << 20)
+                    .unwrap()
+                    .decode(&mut items)
+                    .unwrap();
+                for item in items.drain(..) {
+                    match item {
+                        Item::Record(r) => {
+                            std::hint::black_box(&r);
+                            n += 1;
+                        }
+                        Item::Error(_) => {}
+                        Item::End | Item::Fatal(_) => return print_child(n, started, path),
                     }
-                    Item::Error(_) => {}
-                    Item::End | Item::Fatal(_) => break,
                 }
             }
-            return print_child(n, started, path);
         }
         "import" | "import-nokey" => {
             let dir = tempfile::tempdir().unwrap();

@@ -20,7 +20,7 @@ use crate::journal::{
     Counts, ErrorEntry, Interval, JobId, Journal, JournalError, PartRecord, Stage, Tx,
 };
 use crate::record::{Item, Location, Record, RecordError, Value};
-use crate::sandbox::{Checkpoint, Parse, ParseError, Plugin, Sandbox};
+use crate::sandbox::{Batch, Checkpoint, Parse, ParseError, Plugin, Sandbox};
 use crate::spool::Spool;
 use crate::stage::{Encoder, StageWriter};
 
@@ -508,14 +508,12 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     let intervals = ctx.journal.intervals(ctx.job, ctx.part.index)?;
     let last = intervals.last().cloned();
     let _span = tracing::info_span!("scan", job = ctx.job, part = ctx.part.index).entered();
-    // Parsing runs on its own thread and hands items over in chunks; this
-    // thread digests them, finds their identities, claims keys, records
+    // Parsing runs on its own thread and hands batches over as the plugin
+    // returns them (checked for order, not yet decoded); this thread decodes
+    // them, digests the items, finds their identities, claims keys, records
     // errors, stages records and commits. The plugin call is the larger
-    // share, so everything else happens here. Spent chunks go back to the
-    // parse thread: records are freed by the thread that allocated them,
-    // which glibc does several times faster.
+    // share, so everything else happens here.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(CHUNKS_IN_FLIGHT);
-    let (spent_tx, spent_rx) = std::sync::mpsc::channel::<Vec<Item>>();
     let mut stage = Staging {
         writer: ctx.stage.then(|| {
             StageWriter::create(
@@ -530,12 +528,12 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
         let producer = std::thread::Builder::new()
             .name("sluice-scan-parse".into())
             .spawn_scoped(scope, move || {
-                if let Err(e) = parse_chunks(ctx, last.as_ref(), &tx, &spent_rx) {
+                if let Err(e) = parse_chunks(ctx, last.as_ref(), &tx) {
                     let _ = tx.send(Err(e));
                 }
             })
             .map_err(|e| PassError::Inconsistent(format!("cannot start the parse thread: {e}")))?;
-        let result = validate_chunks(ctx, keys, &intervals, &rx, &spent_tx, &mut stage);
+        let result = validate_chunks(ctx, keys, &intervals, &rx, &mut stage);
         // Dropping the receiver stops the producer at its next send.
         drop(rx);
         let _ = producer.join();
@@ -543,14 +541,17 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     })
 }
 
-/// Chunks of items waiting to be validated.
+/// Batches waiting to be validated.
 const CHUNKS_IN_FLIGHT: usize = 8;
-/// Items per chunk.
-const CHUNK_ITEMS: usize = 256;
+/// Most records asked of the plugin per call.
+const BATCH_RECORDS: u64 = 256;
+/// Most record bytes asked of the plugin per call: a batch costs the plugin
+/// about this much memory on top of its own.
+const BATCH_BYTES: u64 = 1 << 20;
 
 /// What the parse thread sends.
 enum Chunk {
-    Items(Vec<Item>),
+    Items(Batch),
     /// The interval ends after the items sent so far; `resume` is where a
     /// parse can continue from. `end`: the part ended.
     Cut {
@@ -573,48 +574,37 @@ fn parse_chunks(
     ctx: &PartCtx,
     last: Option<&Interval>,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, PassError>>,
-    spent: &std::sync::mpsc::Receiver<Vec<Item>>,
 ) -> Result<(), PassError> {
     let (mut parse, skip_to) = ctx.open(last)?;
-    let mut chunk = Vec::with_capacity(CHUNK_ITEMS);
-    let (mut items, mut bytes) = (0u64, 0u64);
     let send = |c: Chunk| tx.send(Ok(c)).map_err(|_| PassError::Stopped);
+    let cut = |resume, end| send(Chunk::Cut { resume, end });
+    // A plugin that cannot resume is replayed up to where pass 1 stopped.
+    while parse.items_done() < skip_to {
+        if ctx.stopped() {
+            return Err(PassError::Stopped);
+        }
+        if matches!(parse.next()?, Item::End) {
+            return cut(None, true);
+        }
+    }
+    let (max_items, max_bytes) = (ctx.config.interval_items, ctx.config.interval_bytes);
+    let (mut items, mut bytes) = (0u64, 0u64);
     loop {
         if ctx.stopped() {
             return Err(PassError::Stopped);
         }
-        let item = parse.next()?;
-        let ordinal = match &item {
-            Item::Record(r) => r.location().ordinal,
-            Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
-            Item::End => 0,
-        };
-        if !matches!(item, Item::End) && ordinal <= skip_to {
-            continue; // replaying a plugin that cannot resume
-        }
-        let end = matches!(item, Item::End | Item::Fatal(_));
-        if !matches!(item, Item::End) {
-            items += 1;
-            if let Item::Record(r) = &item {
-                bytes += r.size_bytes() as u64;
-            }
-            chunk.push(item);
-        }
-        let full = items >= ctx.config.interval_items || bytes >= ctx.config.interval_bytes;
-        if chunk.len() == CHUNK_ITEMS || full || end {
-            // A spent chunk comes back to be freed here and refilled.
-            let next = match spent.try_recv() {
-                Ok(mut v) => {
-                    v.clear();
-                    v
-                }
-                Err(_) => Vec::with_capacity(CHUNK_ITEMS),
-            };
-            send(Chunk::Items(std::mem::replace(&mut chunk, next)))?;
-        }
-        if full || end {
-            let resume = if end { None } else { parse.checkpoint()? };
-            send(Chunk::Cut { resume, end })?;
+        // Asking for no more than the interval has room for ends each
+        // batch where the interval may end, so its checkpoint is right.
+        let batch = parse.next_batch(
+            (max_items - items).min(BATCH_RECORDS) as u32,
+            (max_bytes - bytes).min(BATCH_BYTES) as u32,
+        )?;
+        items += batch.len() as u64;
+        bytes += batch.size_bytes();
+        let end = batch.ends();
+        send(Chunk::Items(batch))?;
+        if items >= max_items || bytes >= max_bytes || end {
+            cut(if end { None } else { parse.checkpoint()? }, end)?;
             (items, bytes) = (0, 0);
             if end {
                 return Ok(());
@@ -629,9 +619,9 @@ fn validate_chunks(
     keys: &mut KeySet,
     intervals: &[Interval],
     rx: &std::sync::mpsc::Receiver<Result<Chunk, PassError>>,
-    spent: &std::sync::mpsc::Sender<Vec<Item>>,
     stage: &mut Staging,
 ) -> Result<(), PassError> {
+    let mut items = Vec::with_capacity(BATCH_RECORDS as usize + 1);
     let last = intervals.last();
     let mut digest = Xxh3::new();
     let mut group = Group::new(intervals.len() as u64, last.map_or(1, |i| i.last + 1));
@@ -641,8 +631,11 @@ fn validate_chunks(
             return Err(PassError::Stopped);
         };
         match chunk? {
-            Chunk::Items(items) => {
-                for item in &items {
+            Chunk::Items(batch) => {
+                batch.decode(&mut items)?;
+                // The end is not an item of any interval (pass 2 never
+                // sees it in one), so it is not digested.
+                for item in items.iter().filter(|i| !matches!(i, Item::End)) {
                     digest_item(&mut digest, item);
                     if let (Item::Record(r), Some(w)) = (item, &stage.writer)
                         && w.is_active()
@@ -654,7 +647,7 @@ fn validate_chunks(
                         faults::point("scan.mid-interval");
                     }
                 }
-                let _ = spent.send(items);
+                items.clear();
             }
             Chunk::Cut { resume, end } => {
                 let digest = digest_hex(&std::mem::replace(&mut digest, Xxh3::new()));

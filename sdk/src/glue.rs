@@ -57,6 +57,42 @@ struct State<A> {
 }
 
 impl<A: Adapter> State<A> {
+    /// The next WIT item: a layout is declared before the first record that
+    /// uses it, which then comes on the following call.
+    fn step(&mut self) -> wit::Item {
+        if let Some(rec) = self.pending.take() {
+            return wit::Item::Record(rec);
+        }
+        match self.adapter.next() {
+            Item::Record(r) => {
+                let parts = r.into_parts();
+                let id = parts.layout.id();
+                let known = self.index_of(id);
+                let index = known.unwrap_or(self.declared.len() as u32);
+                let rec = wit::Record {
+                    layout: index,
+                    values: parts.values,
+                    key: parts.key,
+                    data: parts.data,
+                    location: location(parts.location),
+                };
+                if known.is_some() {
+                    wit::Item::Record(rec)
+                } else {
+                    self.declared.push(id);
+                    self.pending = Some(rec);
+                    wit::Item::Layout(types::Layout {
+                        kind: parts.layout.kind().map(str::to_owned),
+                        fields: parts.layout.fields().to_vec(),
+                    })
+                }
+            }
+            Item::Error(e) => wit::Item::Error(record_error(e)),
+            Item::Fatal(e) => wit::Item::Fatal(record_error(e)),
+            Item::End => wit::Item::End,
+        }
+    }
+
     /// WIT index of `layout`, or `None` if it still has to be declared.
     fn index_of(&self, id: u64) -> Option<u32> {
         // Most parsers use one layout, declared last: check that first.
@@ -119,38 +155,43 @@ impl<A: Adapter> GuestParser for ParserGlue<A> {
     }
 
     fn next(&self) -> wit::Item {
+        self.state.borrow_mut().step()
+    }
+
+    fn next_batch(&self, max_records: u32, max_bytes: u32) -> wit::Batch {
         let mut st = self.state.borrow_mut();
-        if let Some(rec) = st.pending.take() {
-            return wit::Item::Record(rec);
-        }
-        match st.adapter.next() {
-            Item::Record(r) => {
-                let parts = r.into_parts();
-                let id = parts.layout.id();
-                let known = st.index_of(id);
-                let index = known.unwrap_or(st.declared.len() as u32);
-                let rec = wit::Record {
-                    layout: index,
-                    values: parts.values,
-                    key: parts.key,
-                    data: parts.data,
-                    location: location(parts.location),
-                };
-                if known.is_some() {
-                    wit::Item::Record(rec)
-                } else {
-                    st.declared.push(id);
-                    st.pending = Some(rec);
-                    wit::Item::Layout(types::Layout {
-                        kind: parts.layout.kind().map(str::to_owned),
-                        fields: parts.layout.fields().to_vec(),
-                    })
+        let mut batch = wit::Batch {
+            records: Vec::new(),
+            values: Vec::new(),
+            data: Vec::new(),
+            then: None,
+        };
+        let mut size: u64 = 0;
+        while batch.records.len() < max_records as usize && size < u64::from(max_bytes) {
+            let rec = match st.step() {
+                wit::Item::Record(rec) => rec,
+                other => {
+                    batch.then = Some(other);
+                    break;
                 }
+            };
+            size += rec.data.len() as u64 + 8 * rec.values.len() as u64;
+            if batch.records.is_empty() {
+                // Taken, not copied: a record near the memory cap still fits.
+                (batch.values, batch.data) = (rec.values, rec.data);
+            } else {
+                batch.values.extend_from_slice(&rec.values);
+                batch.data.extend_from_slice(&rec.data);
             }
-            Item::Error(e) => wit::Item::Error(record_error(e)),
-            Item::Fatal(e) => wit::Item::Fatal(record_error(e)),
-            Item::End => wit::Item::End,
+            batch.records.push(wit::BatchRecord {
+                layout: rec.layout,
+                key: rec.key,
+                location: rec.location,
+                // The wasm32 memory the data lives in is below 4 GiB.
+                data_end: batch.data.len() as u32,
+            });
         }
+        batch
     }
 
     fn checkpoint(&self) -> Option<types::Checkpoint> {

@@ -59,7 +59,7 @@ pub use record::{Item, Layout, Location, Record, RecordError, Value, first_dupli
 pub use text::{ByteOrderMark, byte_order_mark, count_line_breaks};
 
 /// Version of the WIT contract (`sluice:adapter`) this SDK builds against.
-pub const INTERFACE_VERSION: &str = "0.2.0";
+pub const INTERFACE_VERSION: &str = "0.2.1";
 
 /// A format adapter.
 ///
@@ -159,7 +159,7 @@ pub mod __private {
     #[cfg(target_arch = "wasm32")]
     pub mod bindings {
         wit_bindgen::generate!({
-            path: "../wit/v0.2.0",
+            path: "../wit/v0.2.1",
             world: "adapter",
             pub_export_macro: true,
             export_macro_name: "__export_raw",

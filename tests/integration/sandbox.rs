@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sluice::record::{Item, Value};
-use sluice::sandbox::{FaultKind, Limits, LoadError, ParseError, PluginFault};
+use sluice::sandbox::{FaultKind, Limits, LoadError, Parse, ParseError, PluginFault};
 
 use crate::common::{hostile, opts, sandbox};
 
@@ -21,6 +21,36 @@ fn run(
     after: u64,
     input: &[u8],
     limits: Option<&Limits>,
+) -> (Vec<Item>, Result<Item, ParseError>) {
+    drive(mode, after, input, limits, |parse, out| {
+        out.push(parse.next()?);
+        Ok(())
+    })
+}
+
+/// Like [`run`], through `next_batch` as pass 1 calls the plugin: at most
+/// `per` records and 1 MiB per call, each batch decoded.
+fn run_batched(
+    mode: &str,
+    after: u64,
+    input: &[u8],
+    limits: Option<&Limits>,
+    per: u32,
+) -> (Vec<Item>, Result<Item, ParseError>) {
+    drive(mode, after, input, limits, |parse, out| {
+        assert!(parse.batched());
+        parse.next_batch(per, 1 << 20)?.decode(out)
+    })
+}
+
+/// Open the hostile guest and call `step` (which appends items) until the
+/// parse ends or fails.
+fn drive(
+    mode: &str,
+    after: u64,
+    input: &[u8],
+    limits: Option<&Limits>,
+    mut step: impl FnMut(&mut Parse, &mut Vec<Item>) -> Result<(), ParseError>,
 ) -> (Vec<Item>, Result<Item, ParseError>) {
     let plugin = hostile();
     let after = after.to_string();
@@ -37,10 +67,15 @@ fn run(
     };
     let mut items = Vec::new();
     loop {
-        match parse.next() {
-            Ok(item @ (Item::End | Item::Fatal(_))) => return (items, Ok(item)),
-            Ok(item) => items.push(item),
-            Err(e) => return (items, Err(e)),
+        let mut out = Vec::new();
+        if let Err(e) = step(&mut parse, &mut out) {
+            return (items, Err(e));
+        }
+        for item in out {
+            match item {
+                Item::End | Item::Fatal(_) => return (items, Ok(item)),
+                item => items.push(item),
+            }
         }
     }
 }
@@ -230,6 +265,80 @@ fn contract_violations_are_invalid_output() {
 }
 
 #[test]
+fn batches_end_every_misbehaviour_as_single_calls_do() {
+    // What pass 1 sees: the same fault for the same misbehaviour, and the
+    // same items up to the batch the plugin failed in.
+    let memory = Limits {
+        memory_bytes: 32 << 20,
+        ..quick()
+    };
+    let quick = quick();
+    for mode in [
+        "ok",
+        "loop",
+        "grow-memory",
+        "recurse",
+        "recurse-buffers",
+        "gigantic",
+        "many-fields",
+        "endless",
+        "overlap",
+        "past-input",
+        "skip-ordinal",
+        "missing-value",
+        "panic",
+        "stderr-flood",
+        "wasi",
+        "exit",
+    ] {
+        for per in [1, 2, 256] {
+            let limits = if mode == "grow-memory" {
+                &memory
+            } else {
+                &quick
+            };
+            let (single, single_end) = run(mode, 2, INPUT, Some(limits));
+            let (batched, batched_end) = run_batched(mode, 2, INPUT, Some(limits), per);
+            assert!(single.starts_with(&batched), "{mode} per {per}");
+            match (single_end, batched_end) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{mode} per {per}");
+                    assert_eq!(single.len(), batched.len(), "{mode} per {per}");
+                }
+                (a, b) => {
+                    let (a, b) = (fault(a), fault(b));
+                    assert_eq!(a.kind, b.kind, "{mode} per {per}: {a} / {b}");
+                    let call = if b.call == "next-batch" {
+                        "next"
+                    } else {
+                        &b.call
+                    };
+                    assert_eq!(a.call, call, "{mode} per {per}: {b}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_that_breaks_the_contract_is_invalid_output() {
+    for (mode, needle) in [
+        ("overlap", "inside the previous item"),
+        ("skip-ordinal", "ordinal 6 where 2 was due"),
+        ("missing-value", "value words"),
+    ] {
+        let (_, end) = run_batched(mode, 1, INPUT, None, 256);
+        let f = fault(end);
+        assert_eq!(
+            (f.kind, f.call.as_str()),
+            (FaultKind::InvalidOutput, "next-batch"),
+            "{mode}: {f}"
+        );
+        assert!(f.detail.contains(needle), "{mode}: {f}");
+    }
+}
+
+#[test]
 fn log_floods_are_bounded() {
     let plugin = hostile();
     let mut parse = sandbox()
@@ -364,7 +473,7 @@ fn loading_is_cached_by_digest() {
     let b = hostile();
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(a.info().name, "hostile");
-    assert_eq!(a.interface_version(), "0.2.0");
+    assert_eq!(a.interface_version(), "0.2.1");
 }
 
 #[test]

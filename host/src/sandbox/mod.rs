@@ -8,6 +8,7 @@
 //! own parse and nothing else. All calls are synchronous: callers on an async
 //! runtime run them on blocking threads.
 
+mod batch;
 mod bindings;
 mod fault;
 mod host;
@@ -23,9 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker};
 use wasmtime::{Config, Engine, Store};
 
+pub use batch::Batch;
 pub use fault::{ConfigError, FaultKind, LoadError, ParseError, PluginFault};
 pub use limits::{Limits, SandboxConfig};
 pub(crate) use parse::check_spans;
@@ -43,6 +45,8 @@ pub const INTERFACE_PACKAGE: &str = "sluice:adapter";
 pub const INTERFACE_MIN: (u64, u64, u64) = (0, 2, 0);
 /// First interface version not accepted (exclusive): 0.2.x is the 0.2 line.
 pub const INTERFACE_MAX: (u64, u64, u64) = (0, 3, 0);
+/// The version that added `parser.next-batch`.
+const BATCH_SINCE: (u64, u64, u64) = (0, 2, 1);
 
 /// SHA-256 of a component's bytes: its identity everywhere (registry,
 /// cache, journal).
@@ -107,6 +111,8 @@ pub struct Plugin {
     info: AdapterInfo,
     interface: String,
     pre: AdapterPre<HostState>,
+    /// `parser.next-batch`, for plugins of interface 0.2.1 and later.
+    batch: Option<ComponentExportIndex>,
 }
 
 impl Plugin {
@@ -120,7 +126,7 @@ impl Plugin {
         &self.info
     }
 
-    /// The interface version it exports (`0.2.0`).
+    /// The interface version it exports (`0.2.1`).
     pub fn interface_version(&self) -> &str {
         &self.interface
     }
@@ -244,16 +250,19 @@ impl Sandbox {
             what: what.to_owned(),
             detail: format!("its exports do not match {INTERFACE_PACKAGE}@{interface}: {e:#}"),
         })?;
-        let info =
-            parse::describe(self, &pre, what, digest).map_err(|source| LoadError::Describe {
+        let batch = Self::batch_export(what, &component, &interface)?;
+        let info = parse::describe(self, &pre, batch.as_ref(), what, digest).map_err(|source| {
+            LoadError::Describe {
                 what: what.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         let plugin = Arc::new(Plugin {
             digest,
             info,
             interface,
             pre,
+            batch,
         });
         self.lock_loaded().insert(digest, plugin.clone());
         tracing::debug!(plugin = %plugin.info.name, version = %plugin.info.version, %digest, "plugin loaded");
@@ -346,6 +355,31 @@ impl Sandbox {
         std::fs::rename(&tmp, path).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })
+    }
+
+    /// `parser.next-batch` of a component exporting interface 0.2.1 or
+    /// later (which must have it); `None` for 0.2.0.
+    fn batch_export(
+        what: &str,
+        component: &Component,
+        interface: &str,
+    ) -> Result<Option<ComponentExportIndex>, LoadError> {
+        if parse_version(interface).is_none_or(|v| v < BATCH_SINCE) {
+            return Ok(None);
+        }
+        let name = format!("{INTERFACE_PACKAGE}/parse@{interface}");
+        component
+            .get_export_index(None, &name)
+            .and_then(|parse| component.get_export_index(Some(&parse), "[method]parser.next-batch"))
+            .map(Some)
+            .ok_or_else(|| LoadError::Incompatible {
+                what: what.to_owned(),
+                detail: format!(
+                    "it targets {INTERFACE_PACKAGE}@{interface} but does not export \
+                     parser.next-batch, which {} added; rebuild it with a current sluice-sdk",
+                    show_version(BATCH_SINCE)
+                ),
+            })
     }
 
     /// Find the exported `sluice:adapter/parse@X` and check X is accepted.

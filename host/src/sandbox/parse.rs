@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use wasmtime::Store;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{ComponentExportIndex, Instance, ResourceAny, TypedFunc};
 
+use super::batch::{Batch, WitBatch, check_shape};
 use super::bindings::exports::sluice::adapter::parse as wit;
 use super::bindings::sluice::adapter::types as wt;
 use super::bindings::{Adapter, AdapterPre};
@@ -50,6 +51,10 @@ enum Status {
 pub struct Parse {
     store: Store<HostState>,
     guest: Adapter,
+    /// `next-batch`, when the plugin exports it (0.2.1 and later).
+    next_batch: Option<NextBatch>,
+    /// The call whose results are being checked, for fault reports.
+    calling: &'static str,
     parser: ResourceAny,
     plugin: Arc<Plugin>,
     limits: Limits,
@@ -71,15 +76,33 @@ impl std::fmt::Debug for Parse {
     }
 }
 
+/// `parser.next-batch(max-records, max-bytes)`.
+type NextBatch = TypedFunc<(ResourceAny, u32, u32), (WitBatch,)>;
+
+/// Instantiate a plugin in `store`: its bindings, and `next-batch` when
+/// `batch` (found at load) names it.
+fn instantiate(
+    store: &mut Store<HostState>,
+    pre: &AdapterPre<HostState>,
+    batch: Option<&ComponentExportIndex>,
+) -> wasmtime::Result<(Adapter, Option<NextBatch>)> {
+    let instance: Instance = pre.instance_pre().instantiate(&mut *store)?;
+    let guest = Adapter::new(&mut *store, &instance)?;
+    let next_batch = batch
+        .map(|i| instance.get_typed_func::<(ResourceAny, u32, u32), (WitBatch,)>(&mut *store, i))
+        .transpose()?;
+    Ok((guest, next_batch))
+}
+
 /// What is known about a plugin when a call fails.
-struct Who<'a> {
+pub(super) struct Who<'a> {
     name: &'a str,
     version: &'a str,
     digest: Digest,
 }
 
 impl<'a> Who<'a> {
-    fn of(plugin: &'a Plugin) -> Self {
+    pub(super) fn of(plugin: &'a Plugin) -> Self {
         Who {
             name: &plugin.info.name,
             version: &plugin.info.version,
@@ -88,7 +111,7 @@ impl<'a> Who<'a> {
     }
 
     /// A fault of this plugin in `call`, at item `ordinal` and input `offset`.
-    fn fault(
+    pub(super) fn fault(
         &self,
         kind: FaultKind,
         call: &str,
@@ -127,17 +150,18 @@ impl Parse {
         let (next_ordinal, pos) = resume.map_or((1, 0), |c| (c.ordinal + 1, c.pos));
 
         begin_call(&mut store);
-        let guest = plugin.pre.instantiate(&mut store).map_err(|e| {
-            classify(
-                &mut store,
-                &who,
-                &limits,
-                "instantiate",
-                next_ordinal,
-                pos,
-                e,
-            )
-        })?;
+        let (guest, next_batch) = instantiate(&mut store, &plugin.pre, plugin.batch.as_ref())
+            .map_err(|e| {
+                classify(
+                    &mut store,
+                    &who,
+                    &limits,
+                    "instantiate",
+                    next_ordinal,
+                    pos,
+                    e,
+                )
+            })?;
         let wit_resume = resume.map(|c| wt::Checkpoint {
             offset: c.offset,
             state: c.state.clone(),
@@ -156,6 +180,8 @@ impl Parse {
         Ok(Parse {
             store,
             guest,
+            next_batch,
+            calling: "next",
             parser,
             plugin,
             limits,
@@ -205,25 +231,102 @@ impl Parse {
             let raw = self.call("next", |g, s| {
                 g.sluice_adapter_parse().parser().call_next(s, parser)
             })?;
-            let item = match raw {
-                wit::Item::Layout(l) => {
-                    self.declare(l)?;
-                    continue;
-                }
-                wit::Item::Record(r) => self.record(r)?,
-                wit::Item::Error(e) => Item::Error(self.record_error(e, false)?),
-                wit::Item::Fatal(e) => {
-                    let e = self.record_error(e, true)?;
-                    self.status = Status::Ended;
-                    Item::Fatal(e)
-                }
-                wit::Item::End => {
-                    self.status = Status::Ended;
-                    Item::End
-                }
-            };
-            return Ok(item);
+            if let Some(item) = self.take(raw)? {
+                return Ok(item);
+            }
         }
+    }
+
+    /// Whether the plugin returns many items per call (`next-batch`,
+    /// interface 0.2.1); [`Parse::next_batch`] works either way.
+    pub fn batched(&self) -> bool {
+        self.next_batch.is_some()
+    }
+
+    /// The next items: at least one, at most `max_records` records, and no
+    /// record after those that bring the batch to `max_bytes` (counted as
+    /// [`crate::record::Record::size_bytes`] does). A batch stops at any
+    /// item that is not a record, so a checkpoint taken after it is right
+    /// after its last item. Plugins without `next-batch` are called item by
+    /// item.
+    pub fn next_batch(&mut self, max_records: u32, max_bytes: u32) -> Result<Batch, ParseError> {
+        if self.status != Status::Running {
+            return Err(ParseError::Finished);
+        }
+        let max_records = max_records.max(1);
+        let mut batch = Batch::new(self.plugin.clone(), self.limits.max_record_bytes);
+        let Some(func) = self.next_batch else {
+            let mut records = 0;
+            while self.status == Status::Running
+                && records < max_records
+                && batch.size_bytes() < u64::from(max_bytes)
+            {
+                let item = self.next()?;
+                let record = matches!(item, Item::Record(_));
+                batch.push(item);
+                if !record {
+                    break;
+                }
+                records += 1;
+            }
+            return Ok(batch);
+        };
+        let parser = self.parser;
+        let (raw,) = self.call("next-batch", |_, s| {
+            func.call(s, (parser, max_records, max_bytes))
+        })?;
+        let WitBatch {
+            records,
+            values,
+            data,
+            then,
+        } = raw;
+        if records.is_empty() && then.is_none() {
+            return Err(self.invalid("next-batch", "it returned an empty batch".into()));
+        }
+        let layouts = &self.layouts;
+        let fields = |i: u32| layouts.get(i as usize).map(|l| l.fields.len());
+        let shape = check_shape(
+            &records,
+            values.len(),
+            data.len(),
+            fields,
+            max_records,
+            max_bytes,
+        );
+        let bytes = shape.map_err(|detail| self.invalid("next-batch", detail))?;
+        for r in &records {
+            self.locate(r.location, false)?;
+        }
+        batch.set_records((records, values, data), self.layouts.clone(), bytes);
+        if let Some(raw) = then
+            && let Some(item) = self.take(raw)?
+        {
+            batch.push(item);
+        }
+        Ok(batch)
+    }
+
+    /// Check one item of the WIT and turn it into the host's; `None` for a
+    /// layout, which is only declared.
+    fn take(&mut self, raw: wit::Item) -> Result<Option<Item>, ParseError> {
+        Ok(Some(match raw {
+            wit::Item::Layout(l) => {
+                self.declare(l)?;
+                return Ok(None);
+            }
+            wit::Item::Record(r) => self.record(r)?,
+            wit::Item::Error(e) => Item::Error(self.record_error(e, false)?),
+            wit::Item::Fatal(e) => {
+                let e = self.record_error(e, true)?;
+                self.status = Status::Ended;
+                Item::Fatal(e)
+            }
+            wit::Item::End => {
+                self.status = Status::Ended;
+                Item::End
+            }
+        }))
     }
 
     /// A checkpoint right after the last item returned, or `None` if the
@@ -274,6 +377,7 @@ impl Parse {
         name: &'static str,
         f: impl FnOnce(&Adapter, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, ParseError> {
+        self.calling = name;
         begin_call(&mut self.store);
         match f(&self.guest, &mut self.store) {
             Ok(r) => Ok(r),
@@ -308,13 +412,13 @@ impl Parse {
     fn declare(&mut self, l: wt::Layout) -> Result<(), ParseError> {
         if self.layouts.len() >= self.limits.max_layouts {
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!("more than {} layouts declared", self.limits.max_layouts),
             ));
         }
         if l.fields.len() > self.limits.max_fields {
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!(
                     "a layout with {} fields exceeds the limit of {}",
                     l.fields.len(),
@@ -324,7 +428,7 @@ impl Parse {
         }
         if l.kind.as_ref().is_some_and(|k| k.len() > MAX_KIND_BYTES) {
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!("a layout kind is longer than {MAX_KIND_BYTES} bytes"),
             ));
         }
@@ -333,7 +437,7 @@ impl Parse {
         self.layout_bytes += bytes;
         if self.layout_bytes > self.limits.max_layout_bytes {
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!(
                     "layouts exceed {} bytes of names",
                     self.limits.max_layout_bytes
@@ -342,7 +446,10 @@ impl Parse {
         }
         let mut seen = std::collections::HashSet::with_capacity(l.fields.len());
         if let Some(dup) = l.fields.iter().find(|f| !seen.insert(f.as_str())) {
-            return Err(self.invalid("next", format!("a layout names the field {dup:?} twice")));
+            return Err(self.invalid(
+                self.calling,
+                format!("a layout names the field {dup:?} twice"),
+            ));
         }
         self.layouts.push(Arc::new(Layout::new(l.kind, l.fields)));
         Ok(())
@@ -372,7 +479,7 @@ impl Parse {
             None
         };
         if let Some(p) = problem {
-            return Err(self.invalid("next", p));
+            return Err(self.invalid(self.calling, p));
         }
         let loc = Location {
             offset: l.offset,
@@ -388,7 +495,7 @@ impl Parse {
     fn record(&mut self, r: wit::Record) -> Result<Item, ParseError> {
         let Some(layout) = self.layouts.get(r.layout as usize).cloned() else {
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!(
                     "a record uses layout {} but only {} were declared",
                     r.layout,
@@ -398,7 +505,7 @@ impl Parse {
         };
         if r.values.len() != 2 * layout.fields.len() {
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!(
                     "a record has {} value words for a layout of {} fields (two words per value)",
                     r.values.len(),
@@ -409,27 +516,22 @@ impl Parse {
         let data = r.data;
         let slots = match decode_values(&r.values) {
             Ok(slots) => slots,
-            Err(problem) => return Err(self.invalid("next", problem)),
+            Err(problem) => return Err(self.invalid(self.calling, problem)),
         };
         if let Some(problem) = check_spans(&data, &slots, r.key) {
-            return Err(self.invalid("next", problem));
+            return Err(self.invalid(self.calling, problem));
         }
         let key = r.key;
         let location = self.locate(r.location, false)?;
-        let size = data.len() + slots.len() * 16;
+        let size = data.len() + slots.len() * std::mem::size_of::<Slot>();
         if size > self.limits.max_record_bytes {
             // The plugin kept the contract but the record is too big for
             // the host: it is refused like any bad record, the parse goes on.
-            return Ok(Item::Error(RecordError {
-                code: "record-too-large".into(),
-                message: format!(
-                    "the record is {size} bytes once parsed; sluice accepts at most {} bytes per \
-                     record (split the record, or raise the limit)",
-                    self.limits.max_record_bytes
-                ),
-                field: None,
+            return Ok(Item::Error(too_large(
+                size,
+                self.limits.max_record_bytes,
                 location,
-            }));
+            )));
         }
         Ok(Item::Record(Record {
             layout,
@@ -449,7 +551,7 @@ impl Parse {
         if !code_ok {
             let shown: String = e.code.chars().take(MAX_CODE_BYTES).collect();
             return Err(self.invalid(
-                "next",
+                self.calling,
                 format!("error code {shown:?} is not a kebab-case identifier of at most {MAX_CODE_BYTES} bytes"),
             ));
         }
@@ -463,8 +565,21 @@ impl Parse {
     }
 }
 
+/// The record error for a record of `size` bytes once parsed, over `max`.
+pub(super) fn too_large(size: usize, max: usize, location: Location) -> RecordError {
+    RecordError {
+        code: "record-too-large".into(),
+        message: format!(
+            "the record is {size} bytes once parsed; sluice accepts at most {max} bytes per \
+             record (split the record, or raise the limit)"
+        ),
+        field: None,
+        location,
+    }
+}
+
 /// Decode a record's values from their (type, payload) word pairs.
-fn decode_values(words: &[u64]) -> Result<Vec<Slot>, String> {
+pub(super) fn decode_values(words: &[u64]) -> Result<Vec<Slot>, String> {
     // A plain loop into a sized vector: this runs for every record.
     let mut slots = Vec::with_capacity(words.len() / 2);
     for (i, pair) in words.chunks_exact(2).enumerate() {
@@ -596,6 +711,7 @@ fn panic_message(stderr: &str) -> Option<String> {
 pub(super) fn describe(
     sandbox: &Sandbox,
     pre: &AdapterPre<HostState>,
+    batch: Option<&ComponentExportIndex>,
     what: &str,
     digest: Digest,
 ) -> Result<AdapterInfo, Box<PluginFault>> {
@@ -614,9 +730,9 @@ pub(super) fn describe(
             other => Box::new(who.fault(FaultKind::Trap, call, (0, 0), other.to_string(), None)),
         };
     begin_call(&mut store);
-    let guest = pre
-        .instantiate(&mut store)
-        .map_err(|e| fault(&mut store, "instantiate", e))?;
+    // This also checks the type of `next-batch`, before any parse needs it.
+    let (guest, _) =
+        instantiate(&mut store, pre, batch).map_err(|e| fault(&mut store, "instantiate", e))?;
     begin_call(&mut store);
     let info = guest
         .sluice_adapter_parse()
