@@ -613,8 +613,10 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     })
 }
 
-/// Batches waiting to be validated.
-const CHUNKS_IN_FLIGHT: usize = 8;
+/// Batches waiting to be validated: more than an interval's worth of
+/// records (at 256 a batch), so parsing goes on while the validating thread
+/// waits for an interval's commit.
+const CHUNKS_IN_FLIGHT: usize = 48;
 /// Most records asked of the plugin per call.
 const BATCH_RECORDS: u64 = 256;
 /// Most record bytes asked of the plugin per call: a batch costs the plugin
