@@ -63,6 +63,12 @@ pub struct EngineConfig {
     /// stops (and pass 2 parses the rest) rather than go below. Default
     /// 1 GiB.
     pub stage_reserve_bytes: u64,
+    /// Batches of parsed records pass 1 queues between its parse thread
+    /// and its validating thread (a batch is up to 256 records or 1 MiB).
+    /// When the queue is full the parse thread decodes batches itself
+    /// instead of waiting. Default 48: more than an interval's records, so
+    /// parsing goes on while an interval commits.
+    pub scan_queue: usize,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +83,7 @@ impl Default for EngineConfig {
             archive: crate::archive::ArchiveLimits::default(),
             stage_records: true,
             stage_reserve_bytes: 1 << 30,
+            scan_queue: 48,
         }
     }
 }

@@ -10,6 +10,7 @@
 use std::io::Seek as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::TrySendError;
 
 use sha2::{Digest as _, Sha256};
 use xxhash_rust::xxh3::Xxh3;
@@ -504,7 +505,8 @@ impl KeySet {
 
     /// The interval was committed as run `(part, seq)`.
     pub fn committed(&mut self, part: u32, seq: u64) {
-        let hashes: Vec<[u8; 16]> = std::mem::take(&mut self.pending).into_keys().collect();
+        // Drained, not replaced: the map keeps its room for the next interval.
+        let hashes: Vec<[u8; 16]> = self.pending.drain().map(|(h, _)| h).collect();
         self.add_run(part, seq, &hashes);
     }
 }
@@ -585,7 +587,8 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     // them, digests the items, finds their identities, claims keys, records
     // errors, stages records and commits. The plugin call is the larger
     // share, so everything else happens here.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(CHUNKS_IN_FLIGHT);
+    let queue = ctx.config.scan_queue.max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(queue);
     let mut stage = Staging {
         writer: ctx.stage.then(|| {
             StageWriter::create(
@@ -613,10 +616,6 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     })
 }
 
-/// Batches waiting to be validated: more than an interval's worth of
-/// records (at 256 a batch), so parsing goes on while the validating thread
-/// waits for an interval's commit.
-const CHUNKS_IN_FLIGHT: usize = 48;
 /// Most records asked of the plugin per call.
 const BATCH_RECORDS: u64 = 256;
 /// Most record bytes asked of the plugin per call: a batch costs the plugin
@@ -626,6 +625,8 @@ const BATCH_BYTES: u64 = 1 << 20;
 /// What the parse thread sends.
 enum Chunk {
     Items(Batch),
+    /// A batch the parse thread decoded itself, finding the queue full.
+    Decoded(Vec<Item>),
     /// The interval ends after the items sent so far; `resume` is where a
     /// parse can continue from. `end`: the part ended.
     Cut {
@@ -676,7 +677,17 @@ fn parse_chunks(
         items += batch.len() as u64;
         bytes += batch.size_bytes();
         let end = batch.ends();
-        send(Chunk::Items(batch))?;
+        // With the queue full the validating thread is the slower one:
+        // decoding here, instead of waiting, shares its work.
+        match tx.try_send(Ok(Chunk::Items(batch))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Ok(Chunk::Items(batch)))) => {
+                let mut decoded = Vec::with_capacity(batch.len());
+                batch.decode(&mut decoded)?;
+                send(Chunk::Decoded(decoded))?;
+            }
+            Err(_) => return Err(PassError::Stopped),
+        }
         if items >= max_items || bytes >= max_bytes || end {
             cut(if end { None } else { parse.checkpoint()? }, end)?;
             (items, bytes) = (0, 0);
@@ -707,21 +718,10 @@ fn validate_chunks(
         match chunk? {
             Chunk::Items(batch) => {
                 batch.decode(&mut items)?;
-                // The end is not an item of any interval (pass 2 never
-                // sees it in one), so it is not digested.
-                for item in items.iter().filter(|i| !matches!(i, Item::End)) {
-                    digest_item(&mut digest, item);
-                    if let (Item::Record(r), Some(w)) = (item, &stage.writer)
-                        && w.is_active()
-                    {
-                        stage.encoder.push(r);
-                    }
-                    accept(ctx, &mut group, keys, item)?;
-                    if group.counts.scanned == ctx.config.interval_items / 2 {
-                        faults::point("scan.mid-interval");
-                    }
-                }
-                items.clear();
+                validate_items(ctx, &mut group, keys, &mut digest, stage, &mut items)?;
+            }
+            Chunk::Decoded(mut decoded) => {
+                validate_items(ctx, &mut group, keys, &mut digest, stage, &mut decoded)?;
             }
             Chunk::Cut { resume, end } => {
                 let digest = digest_hex(&std::mem::replace(&mut digest, Xxh3::new()));
@@ -745,6 +745,33 @@ fn validate_chunks(
             }
         }
     }
+}
+
+/// Digest, stage and account decoded items, leaving `items` empty.
+fn validate_items(
+    ctx: &PartCtx,
+    group: &mut Group,
+    keys: &mut KeySet,
+    digest: &mut Xxh3,
+    stage: &mut Staging,
+    items: &mut Vec<Item>,
+) -> Result<(), PassError> {
+    // The end is not an item of any interval (pass 2 never sees it in
+    // one), so it is not digested.
+    for item in items.iter().filter(|i| !matches!(i, Item::End)) {
+        digest_item(digest, item);
+        if let (Item::Record(r), Some(w)) = (item, &stage.writer)
+            && w.is_active()
+        {
+            stage.encoder.push(r);
+        }
+        accept(ctx, group, keys, item)?;
+        if group.counts.scanned == ctx.config.interval_items / 2 {
+            faults::point("scan.mid-interval");
+        }
+    }
+    items.clear();
+    Ok(())
 }
 
 /// Account one item to the group.

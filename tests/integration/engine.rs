@@ -562,6 +562,39 @@ fn without_a_stage_pass_2_parses_every_interval_and_agrees() {
 }
 
 #[test]
+fn a_full_scan_queue_changes_nothing() {
+    // With one batch of room, the parse thread finds the queue full most of
+    // the time and decodes batches itself: the import must not notice.
+    let input = csv_rows(3000, 7);
+    let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
+    let reference = Fixture::new(500);
+    let expected = reference.import("rows.csv", &input, keyed);
+    let mut config = test_config(500);
+    config.scan_queue = 1;
+    let f = Fixture::new(500).reopen(config);
+    let job = f.import("rows.csv", &input, keyed);
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    assert_eq!(job.counts, expected.counts);
+    assert_eq!(f.export(), reference.export());
+    let errors = |f: &Fixture, id| {
+        let mut out = Vec::new();
+        f.engine
+            .journal()
+            .for_each_error(id, |part, ordinal, e| {
+                out.push(format!(
+                    "{part} {ordinal} {} {} {}",
+                    e.line, e.code, e.message
+                ));
+                Ok(())
+            })
+            .unwrap();
+        out
+    };
+    assert_eq!(errors(&f, job.id), errors(&reference, expected.id));
+    assert_eq!(errors(&f, job.id).len(), 3000 / 7);
+}
+
+#[test]
 fn a_plugin_built_for_interface_0_2_0_imports_as_before() {
     // The csv plugin as the sluice-sdk of interface 0.2.0 built it (one
     // item per call; see tests/data/plugins/README.md): components like it
