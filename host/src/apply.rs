@@ -25,7 +25,7 @@ use crate::faults;
 use crate::journal::{Counts, Interval, Stage};
 use crate::record::{Item, Record};
 use crate::sandbox::Parse;
-use crate::scan::{PartCtx, PassError, digest_hex, digest_item};
+use crate::scan::{BATCH_BYTES, BATCH_RECORDS, PartCtx, PassError, digest_hex, digest_item};
 use crate::sink::{Batch, BatchItem, FailureClass, Outcome, Sink, SinkError};
 use crate::stage::StageReader;
 use xxhash_rust::xxh3::Xxh3;
@@ -192,33 +192,49 @@ fn parse_interval(
     let mut digest = Xxh3::new();
     let mut items = Vec::new();
     let mut seen = 0u64;
+    let mut parsed = Vec::new();
     loop {
-        let item = parse.next()?;
-        let ordinal = match &item {
-            Item::Record(r) => r.location().ordinal,
-            Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
-            Item::End => {
-                return Err(nondeterministic(ctx, interval, "the input ended early"));
+        // In batches, as pass 1 parsed: a batch holds at most the records
+        // asked for, or fewer and one other item, so it never reaches past
+        // the interval. Items replayed up to `skip_to` come one by one.
+        let done = parse.items_done();
+        if done < skip_to {
+            parsed.push(parse.next()?);
+        } else {
+            let room = interval.last.saturating_sub(done).clamp(1, BATCH_RECORDS);
+            parse
+                .next_batch(room as u32, BATCH_BYTES as u32)?
+                .decode(&mut parsed)?;
+        }
+        let mut finished = false;
+        for item in parsed.drain(..) {
+            let ordinal = match &item {
+                Item::Record(r) => r.location().ordinal,
+                Item::Error(e) | Item::Fatal(e) => e.location.ordinal,
+                Item::End => {
+                    return Err(nondeterministic(ctx, interval, "the input ended early"));
+                }
+            };
+            if ordinal <= skip_to {
+                continue;
             }
-        };
-        if ordinal <= skip_to {
-            continue;
+            if ordinal > interval.last {
+                return Err(nondeterministic(
+                    ctx,
+                    interval,
+                    "the interval has different items",
+                ));
+            }
+            digest_item(&mut digest, &item);
+            seen += 1;
+            if let Item::Record(record) = item
+                && !rejected.contains(&ordinal)
+            {
+                items.push(batch_item(ctx, interval, record)?);
+            }
+            finished = ordinal == interval.last;
         }
-        if ordinal > interval.last {
-            return Err(nondeterministic(
-                ctx,
-                interval,
-                "the interval has different items",
-            ));
-        }
-        digest_item(&mut digest, &item);
-        seen += 1;
-        if let Item::Record(record) = item
-            && !rejected.contains(&ordinal)
-        {
-            items.push(batch_item(ctx, interval, record)?);
-        }
-        if ordinal == interval.last {
+        if finished {
             break;
         }
     }

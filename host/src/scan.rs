@@ -617,10 +617,10 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
 }
 
 /// Most records asked of the plugin per call.
-const BATCH_RECORDS: u64 = 256;
+pub(crate) const BATCH_RECORDS: u64 = 256;
 /// Most record bytes asked of the plugin per call: a batch costs the plugin
 /// about this much memory on top of its own.
-const BATCH_BYTES: u64 = 1 << 20;
+pub(crate) const BATCH_BYTES: u64 = 1 << 20;
 
 /// What the parse thread sends.
 enum Chunk {
