@@ -437,6 +437,8 @@ impl KeySet {
         let mut fingerprints: Vec<u64> = hashes.iter().map(fingerprint).collect();
         if self.bloom.keys + fingerprints.len() > self.bloom.capacity() {
             let keys = self.bloom.keys + fingerprints.len();
+            // Let the old filter go first: peak memory is one filter.
+            self.bloom = Bloom::with_capacity(0);
             self.bloom = Bloom::with_capacity(2 * keys);
             for s in &self.segments {
                 s.fingerprints.iter().for_each(|&fp| self.bloom.insert(fp));
