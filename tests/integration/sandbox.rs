@@ -323,6 +323,24 @@ fn batches_end_every_misbehaviour_as_single_calls_do() {
 }
 
 #[test]
+fn batches_shrink_to_fit_slow_records_in_the_time_budget() {
+    // Each record takes tens of milliseconds: a whole batch of them would
+    // take seconds, over the budget, where a call per record keeps well
+    // inside it. The host sizes batches from the time calls take.
+    let lines: Vec<u8> = (0..40)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let limits = Limits {
+        cpu_per_call: Duration::from_millis(500),
+        wall_per_call: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let (items, end) = run_batched("slow", 0, &lines, Some(&limits), 256);
+    assert_eq!(end.unwrap(), Item::End);
+    assert_eq!(items.len(), 40);
+}
+
+#[test]
 fn a_batch_that_breaks_the_contract_is_invalid_output() {
     for (mode, needle) in [
         ("overlap", "inside the previous item"),

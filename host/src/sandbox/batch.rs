@@ -47,14 +47,16 @@ pub(super) fn record_size(data: usize, fields: usize) -> u64 {
 /// Check that a batch's records fit its columns and the limits asked for:
 /// each record's layout exists (`fields` gives its field count), value
 /// words and bytes add up exactly, and no record follows one that reached
-/// `max_records` or `max_bytes`. Returns the records' total size.
+/// `max_records` or `max_bytes`. The item after the records, if any
+/// (`then`: whether it is a record), must not be a record and may only
+/// come while both limits have room. Returns the records' total size.
 pub(super) fn check_shape(
     records: &[WitBatchRecord],
     values: usize,
     data: usize,
     fields: impl Fn(u32) -> Option<usize>,
-    max_records: u32,
-    max_bytes: u32,
+    (max_records, max_bytes): (u32, u32),
+    then: Option<bool>,
 ) -> Result<u64, String> {
     if records.len() > max_records as usize {
         return Err(format!(
@@ -94,7 +96,13 @@ pub(super) fn check_shape(
             "its records use {words} of its {values} value words and {data_end} of its {data} bytes"
         ));
     }
-    Ok(bytes)
+    match then {
+        Some(true) => Err("the item after its records is a record".into()),
+        Some(false) if records.len() >= max_records as usize || bytes >= u64::from(max_bytes) => {
+            Err("it returned an item past the records or bytes asked for".into())
+        }
+        _ => Ok(bytes),
+    }
 }
 
 /// Consecutive items of one parse: records in columns, then decoded items.
@@ -103,7 +111,7 @@ pub struct Batch {
     records: Vec<WitBatchRecord>,
     values: Vec<u64>,
     data: Vec<u8>,
-    /// The layouts the records refer to, by index.
+    /// Each record's layout.
     layouts: Vec<Arc<Layout>>,
     /// Items after the records.
     items: Vec<Item>,
@@ -175,9 +183,8 @@ impl Batch {
     pub fn decode(self, out: &mut Vec<Item>) -> Result<(), ParseError> {
         out.reserve(self.len());
         let (mut word, mut start) = (0usize, 0usize);
-        for r in &self.records {
-            // Indices, word counts and data ends were checked on receipt.
-            let layout = &self.layouts[r.layout as usize];
+        for (r, layout) in self.records.iter().zip(&self.layouts) {
+            // Word counts and data ends were checked on receipt.
             let words = &self.values[word..word + 2 * layout.fields.len()];
             word += words.len();
             let data = &self.data[start..r.data_end as usize];
@@ -262,8 +269,17 @@ mod tests {
     fn a_batch_that_fits_its_columns_is_sized() {
         let records = [rec(0, 3), rec(1, 3), rec(0, 10)];
         // Two records of two values (16 bytes each once parsed) and 10 bytes.
-        assert_eq!(check_shape(&records, 8, 10, fields, 3, 1000), Ok(74));
-        assert_eq!(check_shape(&[], 0, 0, fields, 1, 1), Ok(0));
+        assert_eq!(
+            check_shape(&records, 8, 10, fields, (3, 1000), None),
+            Ok(74)
+        );
+        assert_eq!(check_shape(&[], 0, 0, fields, (1, 1), None), Ok(0));
+        // An error or a layout after the records, while there is room.
+        assert_eq!(
+            check_shape(&records, 8, 10, fields, (4, 1000), Some(false)),
+            Ok(74)
+        );
+        assert_eq!(check_shape(&[], 0, 0, fields, (1, 1), Some(false)), Ok(0));
     }
 
     #[test]
@@ -296,8 +312,15 @@ mod tests {
             (&ok, 8, 11, 2, 1000, "10 of its 11 bytes"),
         ];
         for (records, values, data, max_records, max_bytes, needle) in cases {
-            let err = check_shape(records, values, data, fields, max_records, max_bytes)
-                .expect_err(needle);
+            let err = check_shape(
+                records,
+                values,
+                data,
+                fields,
+                (max_records, max_bytes),
+                None,
+            )
+            .expect_err(needle);
             assert!(err.contains(needle), "{needle}: {err}");
         }
     }
@@ -306,8 +329,26 @@ mod tests {
     fn the_record_that_reaches_max_bytes_is_the_last_one_allowed() {
         // 3 + 32 = 35 bytes for the first record: exactly max-bytes.
         let records = [rec(0, 3), rec(0, 4)];
-        assert!(check_shape(&records, 8, 4, fields, 2, 35).is_err());
-        assert_eq!(check_shape(&records, 8, 4, fields, 2, 36), Ok(68));
-        assert_eq!(check_shape(&records[..1], 4, 3, fields, 2, 35), Ok(35));
+        assert!(check_shape(&records, 8, 4, fields, (2, 35), None).is_err());
+        assert_eq!(check_shape(&records, 8, 4, fields, (2, 36), None), Ok(68));
+        assert_eq!(
+            check_shape(&records[..1], 4, 3, fields, (2, 35), None),
+            Ok(35)
+        );
+    }
+
+    #[test]
+    fn the_item_after_the_records_keeps_to_the_limits_and_is_no_record() {
+        let records = [rec(0, 3), rec(0, 4)];
+        let shape = |limits, then| check_shape(&records, 8, 4, fields, limits, then);
+        assert_eq!(shape((3, 1000), Some(false)), Ok(68));
+        for (limits, then, needle) in [
+            ((2, 1000), Some(false), "past the records or bytes"),
+            ((3, 68), Some(false), "past the records or bytes"),
+            ((3, 1000), Some(true), "is a record"),
+        ] {
+            let err = shape(limits, then).expect_err(needle);
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
     }
 }

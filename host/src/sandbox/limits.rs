@@ -18,10 +18,12 @@ pub struct Limits {
     /// Elements across the plugin's tables. Default 100,000 (a large guest
     /// uses a few thousand).
     pub table_elements: usize,
-    /// CPU time one call into the plugin (`open`, `next`, `checkpoint`,
-    /// `describe`) may use, measured on the calling thread. Default 2 s:
-    /// producing one record takes microseconds, so only a runaway loop gets
-    /// near it. Checked every [`SandboxConfig::epoch_tick`].
+    /// CPU time one call into the plugin (`open`, `next`, `next-batch`,
+    /// `checkpoint`, `describe`) may use, measured on the calling thread.
+    /// Default 2 s: producing one record takes microseconds, so only a
+    /// runaway loop gets near it. Batches are sized from the time earlier
+    /// calls took, to stay far below it (see `Parse::next_batch`). Checked
+    /// every [`SandboxConfig::epoch_tick`].
     pub cpu_per_call: Duration,
     /// Wall-clock time one call may take, including time the host spends
     /// reading input for it. Default 10 s. Stops a call the CPU limit cannot

@@ -18,6 +18,10 @@ use super::limits::Limits;
 use super::{AdapterInfo, Digest, OptionInfo, Plugin, Sandbox};
 use crate::record::{Item, Layout, Location, Record, RecordError, Slot, Span};
 
+/// Most records one `next-batch` call is asked for, whatever the caller
+/// allows.
+const MAX_BATCH_RECORDS: u32 = 1024;
+
 /// Longest error code accepted from a plugin.
 const MAX_CODE_BYTES: usize = 64;
 /// Longest field name kept in a record error.
@@ -55,6 +59,9 @@ pub struct Parse {
     next_batch: Option<NextBatch>,
     /// The call whose results are being checked, for fault reports.
     calling: &'static str,
+    /// Most records asked of `next-batch` next: grows while calls are
+    /// quick, shrinks when one is slow (see [`Parse::next_batch`]).
+    batch_cap: u32,
     parser: ResourceAny,
     plugin: Arc<Plugin>,
     limits: Limits,
@@ -182,6 +189,7 @@ impl Parse {
             guest,
             next_batch,
             calling: "next",
+            batch_cap: 1,
             parser,
             plugin,
             limits,
@@ -243,17 +251,26 @@ impl Parse {
         self.next_batch.is_some()
     }
 
-    /// The next items: at least one, at most `max_records` records, and no
-    /// record after those that bring the batch to `max_bytes` (counted as
+    /// The next items: at most `max_records` records, and no record after
+    /// those that bring the batch to `max_bytes` (counted as
     /// [`crate::record::Record::size_bytes`] does). A batch stops at any
     /// item that is not a record, so a checkpoint taken after it is right
-    /// after its last item. Plugins without `next-batch` are called item by
-    /// item.
+    /// after its last item. It may decode to no item at all when the plugin
+    /// only declared a layout. Plugins without `next-batch` are called item
+    /// by item.
+    ///
+    /// A batch call has the same time budget as a `next` call, so the host
+    /// asks for fewer records than allowed while records are slow: one at
+    /// first, twice as many after each call that took under 1/64 of the CPU
+    /// budget, a quarter after one that took over 1/8 of it. A plugin whose
+    /// records cost a steady time per record never gets a batch that takes
+    /// more than about 1/32 of its budget.
     pub fn next_batch(&mut self, max_records: u32, max_bytes: u32) -> Result<Batch, ParseError> {
         if self.status != Status::Running {
             return Err(ParseError::Finished);
         }
-        let max_records = max_records.max(1);
+        let max_bytes = max_bytes.max(1);
+        let max_records = max_records.clamp(1, self.batch_cap);
         let mut batch = Batch::new(self.plugin.clone(), self.limits.max_record_bytes);
         let Some(func) = self.next_batch else {
             let mut records = 0;
@@ -272,9 +289,17 @@ impl Parse {
             return Ok(batch);
         };
         let parser = self.parser;
+        let started = std::time::Instant::now();
         let (raw,) = self.call("next-batch", |_, s| {
             func.call(s, (parser, max_records, max_bytes))
         })?;
+        let took = started.elapsed();
+        let budget = self.limits.cpu_per_call.min(self.limits.wall_per_call);
+        if took * 8 > budget {
+            self.batch_cap = (self.batch_cap / 4).max(1);
+        } else if took * 64 < budget && max_records == self.batch_cap {
+            self.batch_cap = self.batch_cap.saturating_mul(2).min(MAX_BATCH_RECORDS);
+        }
         let WitBatch {
             records,
             values,
@@ -286,19 +311,26 @@ impl Parse {
         }
         let layouts = &self.layouts;
         let fields = |i: u32| layouts.get(i as usize).map(|l| l.fields.len());
+        let then_is_record = then.as_ref().map(|t| matches!(t, wit::Item::Record(_)));
         let shape = check_shape(
             &records,
             values.len(),
             data.len(),
             fields,
-            max_records,
-            max_bytes,
+            (max_records, max_bytes),
+            then_is_record,
         );
         let bytes = shape.map_err(|detail| self.invalid("next-batch", detail))?;
         for r in &records {
             self.locate(r.location, false)?;
         }
-        batch.set_records((records, values, data), self.layouts.clone(), bytes);
+        // One handle per record (checked above), not the whole list: a
+        // batch costs the host its records, whatever was declared before.
+        let layouts = records
+            .iter()
+            .map(|r| self.layouts[r.layout as usize].clone())
+            .collect();
+        batch.set_records((records, values, data), layouts, bytes);
         if let Some(raw) = then
             && let Some(item) = self.take(raw)?
         {

@@ -21,7 +21,7 @@ pub struct Hostile {
     resumed: bool,
 }
 
-const MODES: &str = "ok | drift | loop-open | loop | grow-memory | recurse | gigantic | recurse-buffers | many-fields | \
+const MODES: &str = "ok | drift | slow | loop-open | loop | grow-memory | recurse | gigantic | recurse-buffers | many-fields | \
      endless | overlap | past-input | skip-ordinal | missing-value | panic | log-flood | \
      stderr-flood | wasi | exit";
 
@@ -81,6 +81,15 @@ impl Adapter for Hostile {
         }
         match self.mode.as_str() {
             "loop" => spin(),
+            "slow" => {
+                // A good record that takes tens of milliseconds of CPU.
+                let mut x = 0u64;
+                for _ in 0..20_000_000u64 {
+                    x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                black_box(x);
+                self.good_line()
+            }
             "grow-memory" => {
                 // Leak 1 MiB at a time until an allocation fails.
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
