@@ -413,18 +413,22 @@ fn fingerprint(hash: &[u8; 16]) -> u64 {
 impl KeySet {
     /// The keys `job` claimed in the intervals committed so far.
     pub fn load(journal: &Journal, job: JobId) -> Result<Self, PassError> {
-        let mut set = KeySet {
-            segments: Vec::new(),
-            bloom: Bloom::with_capacity(BLOOM_START),
-            runs: Vec::new(),
-            pending: std::collections::HashMap::new(),
-            cached: None,
-        };
+        let mut set = KeySet::empty();
         journal.for_each_key_run(job, |part, seq, run| {
             let hashes: Vec<[u8; 16]> = run.entries().map(|(h, _, _)| h).collect();
             set.add_run(part, seq, &hashes);
         })?;
         Ok(set)
+    }
+
+    fn empty() -> Self {
+        KeySet {
+            segments: Vec::new(),
+            bloom: Bloom::with_capacity(BLOOM_START),
+            runs: Vec::new(),
+            pending: std::collections::HashMap::new(),
+            cached: None,
+        }
     }
 
     /// Index a committed run's hashes.
@@ -476,11 +480,12 @@ impl KeySet {
             return Ok(Some(*first));
         }
         let fp = fingerprint(&hash);
-        if !self.bloom.may_contain(fp) {
-            self.pending.insert(hash, at);
-            return Ok(None);
-        }
-        let candidates: Vec<u32> = self.segments.iter().flat_map(|s| s.lookup(fp)).collect();
+        // Segments are searched only for what the filter may hold.
+        let candidates: Vec<u32> = if self.bloom.may_contain(fp) {
+            self.segments.iter().flat_map(|s| s.lookup(fp)).collect()
+        } else {
+            Vec::new()
+        };
         for run in candidates {
             if self.cached.as_ref().is_none_or(|(i, _)| *i != run) {
                 let (part, seq) = self.runs[run as usize];
@@ -587,8 +592,8 @@ pub(crate) fn scan_part(ctx: &PartCtx, keys: &mut KeySet) -> Result<(), PassErro
     // Parsing runs on its own thread and hands batches over as the plugin
     // returns them (checked for order, not yet decoded); this thread decodes
     // them, digests the items, finds their identities, claims keys, records
-    // errors, stages records and commits. The plugin call is the larger
-    // share, so everything else happens here.
+    // errors, stages records and commits. When this thread falls behind,
+    // the parse thread decodes batches too.
     let queue = ctx.config.scan_queue.max(1);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk, PassError>>(queue);
     let mut stage = Staging {
@@ -944,13 +949,7 @@ mod key_set_tests {
 
     #[test]
     fn segments_merge_and_find_every_key() {
-        let mut set = KeySet {
-            segments: Vec::new(),
-            bloom: Bloom::with_capacity(BLOOM_START),
-            runs: Vec::new(),
-            pending: Default::default(),
-            cached: None,
-        };
+        let mut set = KeySet::empty();
         let hash = |i: u64| -> [u8; 16] {
             let mut h = [0u8; 16];
             h[..8].copy_from_slice(&(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes());
@@ -975,13 +974,7 @@ mod key_set_tests {
 
     #[test]
     fn the_bloom_filter_grows_keeps_every_key_and_rarely_errs() {
-        let mut set = KeySet {
-            segments: Vec::new(),
-            bloom: Bloom::with_capacity(1000),
-            runs: Vec::new(),
-            pending: Default::default(),
-            cached: None,
-        };
+        let mut set = KeySet::empty();
         let hash =
             |i: u64| -> [u8; 16] { Sha256::digest(i.to_le_bytes())[..16].try_into().unwrap() };
         for run in 0..100u64 {

@@ -178,6 +178,11 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// An import keyed by the `id` column (for [`Fixture::import`]).
+pub fn keyed(r: &mut ImportRequest) {
+    r.key = Some("id".into());
+}
+
 /// `n` CSV rows `id,name,amount` with a header; every `bad_every`-th row
 /// (if non-zero) is ragged.
 pub fn csv_rows(n: usize, bad_every: usize) -> Vec<u8> {

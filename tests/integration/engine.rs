@@ -10,7 +10,7 @@ use sluice::sink::embedded::EmbeddedStore;
 use sluice::sink::{Batch, Ledger, Outcome, Sink, SinkError, UndoPage, UndoScope};
 use sluice::spool::RealFs;
 
-use crate::common::{Fixture, csv_rows, id_v_rows, test_config};
+use crate::common::{Fixture, csv_rows, id_v_rows, keyed, test_config};
 
 #[test]
 fn duplicate_keys_are_found_across_many_intervals() {
@@ -24,7 +24,7 @@ fn duplicate_keys_are_found_across_many_intervals() {
     for i in [1, 150, 299] {
         csv.push_str(&format!("k{i},again\n"));
     }
-    let job = f.import("keys.csv", csv.as_bytes(), |r| r.key = Some("id".into()));
+    let job = f.import("keys.csv", csv.as_bytes(), keyed);
     assert_eq!((job.counts.applied, job.counts.rejected), (300, 3));
     let dups: Vec<(u64, String)> = f
         .errors(job.id)
@@ -42,7 +42,7 @@ fn duplicate_keys_are_found_across_many_intervals() {
 fn bad_records_are_isolated_and_reported_with_their_text() {
     let f = Fixture::new(4);
     let csv = b"id,name,amount\n1,alice,10\n2,bob\n3,carol,30\n1,again,5\n4,\"dan \"\"d\"\"\",7\n";
-    let job = f.import("people.csv", csv, |r| r.key = Some("id".into()));
+    let job = f.import("people.csv", csv, keyed);
     assert_eq!(job.state, JobState::Completed);
     assert!(job.totals_exact);
     let c = &job.counts;
@@ -127,7 +127,7 @@ fn an_identical_import_is_found_not_repeated() {
 fn tenants_are_kept_apart() {
     let f = Fixture::new(10);
     let csv = b"id,v\n1,a\n";
-    f.import("t.csv", csv, |r| r.key = Some("id".into()));
+    f.import("t.csv", csv, keyed);
     f.import("t.csv", b"id,v\n1,b\n", |r| {
         r.key = Some("id".into());
         r.tenant = "globex".into();
@@ -144,7 +144,7 @@ fn tenants_are_kept_apart() {
 #[test]
 fn key_field_problems_are_validation_errors() {
     let f = Fixture::new(10);
-    let job = f.import("k.csv", b"id,v\n,a\n2,b\n", |r| r.key = Some("id".into()));
+    let job = f.import("k.csv", b"id,v\n,a\n2,b\n", keyed);
     assert_eq!((job.counts.rejected, job.counts.applied), (1, 1));
     assert_eq!(f.errors(job.id)[0].1.code, "empty-key");
     let job = f.import("k2.csv", b"a,b\n1,2\n", |r| r.key = Some("nope".into()));
@@ -319,7 +319,7 @@ fn a_record_the_target_refuses_fails_alone() {
         refuse_key: Some("5".into()),
         ..faltering(s)
     });
-    let job = f.import("rows.csv", &csv_rows(10, 0), |r| r.key = Some("id".into()));
+    let job = f.import("rows.csv", &csv_rows(10, 0), keyed);
     assert_eq!(job.state, JobState::Completed);
     assert_eq!((job.counts.applied, job.counts.failed), (9, 1));
     let e = &f.errors(job.id)[0];
@@ -350,15 +350,13 @@ fn transient_target_errors_are_retried_without_duplicates() {
 #[test]
 fn a_stop_between_target_write_and_journal_commit_resumes_exactly_once() {
     let reference = Fixture::new(4);
-    reference.import("rows.csv", &csv_rows(20, 7), |r| r.key = Some("id".into()));
+    reference.import("rows.csv", &csv_rows(20, 7), keyed);
 
     let (f, _) = faltering_fixture(4, |s| Faltering {
         io_at: Some(2),
         ..faltering(s)
     });
-    let id = f
-        .submit("rows.csv", &csv_rows(20, 7), |r| r.key = Some("id".into()))
-        .job();
+    let id = f.submit("rows.csv", &csv_rows(20, 7), keyed).job();
     let err = f.run(id).unwrap_err();
     assert!(err.to_string().contains("sluice recover"), "{err}");
     let stopped = f.engine.journal().job(id).unwrap();
@@ -466,7 +464,6 @@ fn with_its_stage_a_resumed_apply_uses_the_records_pass_1_validated() {
 #[test]
 fn a_stage_that_would_fill_the_disk_stops_and_pass_2_parses_instead() {
     let input = csv_rows(40, 7);
-    let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
     let reference = Fixture::new(4);
     reference.import("rows.csv", &input, keyed);
     let mut config = test_config(4);
@@ -495,7 +492,6 @@ fn a_stage_that_would_fill_the_disk_stops_and_pass_2_parses_instead() {
 #[test]
 fn a_lost_or_damaged_stage_is_parsed_again_and_changes_nothing() {
     let input = csv_rows(40, 7);
-    let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
     let reference = Fixture::new(4);
     reference.import("rows.csv", &input, keyed);
     for damage in ["lost", "cut", "flipped"] {
@@ -544,7 +540,6 @@ fn without_a_stage_pass_2_parses_every_interval_and_agrees() {
     // last interval is full, one short, or one over.
     for rows in [39, 40, 41] {
         let input = csv_rows(rows, 7);
-        let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
         let reference = Fixture::new(4);
         let expected = reference.import("rows.csv", &input, keyed);
         let mut config = test_config(4);
@@ -566,7 +561,6 @@ fn a_full_scan_queue_changes_nothing() {
     // With one batch of room, the parse thread finds the queue full most of
     // the time and decodes batches itself: the import must not notice.
     let input = csv_rows(3000, 7);
-    let keyed = |r: &mut ImportRequest| r.key = Some("id".into());
     let reference = Fixture::new(500);
     let expected = reference.import("rows.csv", &input, keyed);
     let mut config = test_config(500);
@@ -614,7 +608,7 @@ fn a_plugin_built_for_interface_0_2_0_imports_as_before() {
     let (_, current) = f.engine.registry().resolve(None, "csv").unwrap();
     assert_eq!(current.interface_version(), "0.2.1");
     let input = csv_rows(41, 7);
-    let now = f.import("rows.csv", &input, |r| r.key = Some("id".into()));
+    let now = f.import("rows.csv", &input, keyed);
     let then = f.import("rows.csv", &input, |r| {
         r.key = Some("id".into());
         r.tenant = "legacy".into();

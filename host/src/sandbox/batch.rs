@@ -15,7 +15,7 @@ use super::Plugin;
 use super::bindings::exports::sluice::adapter::parse as wit;
 use super::bindings::sluice::adapter::types as wt;
 use super::fault::{FaultKind, ParseError};
-use super::parse::{Who, check_spans, decode_values, too_large};
+use super::parse::{Who, check_spans, decode_values, within_limit};
 use crate::record::{Item, Layout, Location, Record, Slot};
 
 /// `batch-record` of the WIT.
@@ -189,33 +189,19 @@ impl Batch {
             word += words.len();
             let data = &self.data[start..r.data_end as usize];
             start = r.data_end as usize;
-            let l = r.location;
-            let location = Location {
-                offset: l.offset,
-                length: l.length,
-                line: l.line,
-                ordinal: l.ordinal,
-            };
+            let location = Location::from(r.location);
             let slots = decode_values(words).map_err(|p| self.invalid(location, p))?;
             if let Some(problem) = check_spans(data, &slots, r.key) {
                 return Err(self.invalid(location, problem));
             }
-            let size = data.len() + slots.len() * std::mem::size_of::<Slot>();
-            if size > self.max_record_bytes {
-                out.push(Item::Error(too_large(
-                    size,
-                    self.max_record_bytes,
-                    location,
-                )));
-                continue;
-            }
-            out.push(Item::Record(Record {
+            let record = Record {
                 layout: layout.clone(),
                 slots,
                 key: r.key,
                 data: data.to_vec(),
                 location,
-            }));
+            };
+            out.push(within_limit(record, self.max_record_bytes));
         }
         out.extend(self.items);
         Ok(())

@@ -83,6 +83,17 @@ impl std::fmt::Debug for Parse {
     }
 }
 
+impl From<wt::Location> for Location {
+    fn from(l: wt::Location) -> Self {
+        Location {
+            offset: l.offset,
+            length: l.length,
+            line: l.line,
+            ordinal: l.ordinal,
+        }
+    }
+}
+
 /// `parser.next-batch(max-records, max-bytes)`.
 type NextBatch = TypedFunc<(ResourceAny, u32, u32), (WitBatch,)>;
 
@@ -270,7 +281,7 @@ impl Parse {
             return Err(ParseError::Finished);
         }
         let max_bytes = max_bytes.max(1);
-        let max_records = max_records.clamp(1, self.batch_cap);
+        let max_records = max_records.max(1);
         let mut batch = Batch::new(self.plugin.clone(), self.limits.max_record_bytes);
         let Some(func) = self.next_batch else {
             let mut records = 0;
@@ -288,6 +299,7 @@ impl Parse {
             }
             return Ok(batch);
         };
+        let max_records = max_records.min(self.batch_cap);
         let parser = self.parser;
         let started = std::time::Instant::now();
         let (raw,) = self.call("next-batch", |_, s| {
@@ -307,7 +319,7 @@ impl Parse {
             then,
         } = raw;
         if records.is_empty() && then.is_none() {
-            return Err(self.invalid("next-batch", "it returned an empty batch".into()));
+            return Err(self.invalid("it returned an empty batch".into()));
         }
         let layouts = &self.layouts;
         let fields = |i: u32| layouts.get(i as usize).map(|l| l.fields.len());
@@ -320,7 +332,7 @@ impl Parse {
             (max_records, max_bytes),
             then_is_record,
         );
-        let bytes = shape.map_err(|detail| self.invalid("next-batch", detail))?;
+        let bytes = shape.map_err(|detail| self.invalid(detail))?;
         for r in &records {
             self.locate(r.location, false)?;
         }
@@ -375,24 +387,18 @@ impl Parse {
             return Ok(None);
         };
         if cp.state.len() > self.limits.max_checkpoint_bytes {
-            return Err(self.invalid(
-                "checkpoint",
-                format!(
-                    "checkpoint state of {} bytes exceeds the limit of {} bytes",
-                    cp.state.len(),
-                    self.limits.max_checkpoint_bytes
-                ),
-            ));
+            return Err(self.invalid(format!(
+                "checkpoint state of {} bytes exceeds the limit of {} bytes",
+                cp.state.len(),
+                self.limits.max_checkpoint_bytes
+            )));
         }
         let fed = self.bytes_read();
         if cp.offset < self.start || cp.offset > fed {
-            return Err(self.invalid(
-                "checkpoint",
-                format!(
-                    "checkpoint offset {} lies outside the input read so far ({}..={fed})",
-                    cp.offset, self.start
-                ),
-            ));
+            return Err(self.invalid(format!(
+                "checkpoint offset {} lies outside the input read so far ({}..={fed})",
+                cp.offset, self.start
+            )));
         }
         Ok(Some(Checkpoint {
             offset: cp.offset,
@@ -429,12 +435,12 @@ impl Parse {
         }
     }
 
-    /// End the parse with an invalid-output fault.
-    fn invalid(&mut self, call: &str, detail: String) -> ParseError {
+    /// End the parse with an invalid-output fault of the last call made.
+    fn invalid(&mut self, detail: String) -> ParseError {
         self.status = Status::Failed;
         ParseError::from(Who::of(&self.plugin).fault(
             FaultKind::InvalidOutput,
-            call,
+            self.calling,
             (self.next_ordinal, self.pos),
             detail,
             None,
@@ -443,45 +449,35 @@ impl Parse {
 
     fn declare(&mut self, l: wt::Layout) -> Result<(), ParseError> {
         if self.layouts.len() >= self.limits.max_layouts {
-            return Err(self.invalid(
-                self.calling,
-                format!("more than {} layouts declared", self.limits.max_layouts),
-            ));
+            return Err(self.invalid(format!(
+                "more than {} layouts declared",
+                self.limits.max_layouts
+            )));
         }
         if l.fields.len() > self.limits.max_fields {
-            return Err(self.invalid(
-                self.calling,
-                format!(
-                    "a layout with {} fields exceeds the limit of {}",
-                    l.fields.len(),
-                    self.limits.max_fields
-                ),
-            ));
+            return Err(self.invalid(format!(
+                "a layout with {} fields exceeds the limit of {}",
+                l.fields.len(),
+                self.limits.max_fields
+            )));
         }
         if l.kind.as_ref().is_some_and(|k| k.len() > MAX_KIND_BYTES) {
-            return Err(self.invalid(
-                self.calling,
-                format!("a layout kind is longer than {MAX_KIND_BYTES} bytes"),
-            ));
+            return Err(self.invalid(format!(
+                "a layout kind is longer than {MAX_KIND_BYTES} bytes"
+            )));
         }
         let bytes = l.kind.as_ref().map_or(0, String::len)
             + l.fields.iter().map(String::len).sum::<usize>();
         self.layout_bytes += bytes;
         if self.layout_bytes > self.limits.max_layout_bytes {
-            return Err(self.invalid(
-                self.calling,
-                format!(
-                    "layouts exceed {} bytes of names",
-                    self.limits.max_layout_bytes
-                ),
-            ));
+            return Err(self.invalid(format!(
+                "layouts exceed {} bytes of names",
+                self.limits.max_layout_bytes
+            )));
         }
         let mut seen = std::collections::HashSet::with_capacity(l.fields.len());
         if let Some(dup) = l.fields.iter().find(|f| !seen.insert(f.as_str())) {
-            return Err(self.invalid(
-                self.calling,
-                format!("a layout names the field {dup:?} twice"),
-            ));
+            return Err(self.invalid(format!("a layout names the field {dup:?} twice")));
         }
         self.layouts.push(Arc::new(Layout::new(l.kind, l.fields)));
         Ok(())
@@ -511,14 +507,9 @@ impl Parse {
             None
         };
         if let Some(p) = problem {
-            return Err(self.invalid(self.calling, p));
+            return Err(self.invalid(p));
         }
-        let loc = Location {
-            offset: l.offset,
-            length: l.length,
-            line: l.line,
-            ordinal: l.ordinal,
-        };
+        let loc = Location::from(l);
         self.pos = loc.end();
         self.next_ordinal += 1;
         Ok(loc)
@@ -526,52 +517,37 @@ impl Parse {
 
     fn record(&mut self, r: wit::Record) -> Result<Item, ParseError> {
         let Some(layout) = self.layouts.get(r.layout as usize).cloned() else {
-            return Err(self.invalid(
-                self.calling,
-                format!(
-                    "a record uses layout {} but only {} were declared",
-                    r.layout,
-                    self.layouts.len()
-                ),
-            ));
+            return Err(self.invalid(format!(
+                "a record uses layout {} but only {} were declared",
+                r.layout,
+                self.layouts.len()
+            )));
         };
         if r.values.len() != 2 * layout.fields.len() {
-            return Err(self.invalid(
-                self.calling,
-                format!(
-                    "a record has {} value words for a layout of {} fields (two words per value)",
-                    r.values.len(),
-                    layout.fields.len()
-                ),
-            ));
+            return Err(self.invalid(format!(
+                "a record has {} value words for a layout of {} fields (two words per value)",
+                r.values.len(),
+                layout.fields.len()
+            )));
         }
         let data = r.data;
         let slots = match decode_values(&r.values) {
             Ok(slots) => slots,
-            Err(problem) => return Err(self.invalid(self.calling, problem)),
+            Err(problem) => return Err(self.invalid(problem)),
         };
         if let Some(problem) = check_spans(&data, &slots, r.key) {
-            return Err(self.invalid(self.calling, problem));
+            return Err(self.invalid(problem));
         }
         let key = r.key;
         let location = self.locate(r.location, false)?;
-        let size = data.len() + slots.len() * std::mem::size_of::<Slot>();
-        if size > self.limits.max_record_bytes {
-            // The plugin kept the contract but the record is too big for
-            // the host: it is refused like any bad record, the parse goes on.
-            return Ok(Item::Error(too_large(
-                size,
-                self.limits.max_record_bytes,
-                location,
-            )));
-        }
-        Ok(Item::Record(Record {
+        let record = Record {
             layout,
             slots,
             key,
             data,
             location,
-        }))
+        };
+        Ok(within_limit(record, self.limits.max_record_bytes))
     }
 
     fn record_error(&mut self, e: wt::RecordError, fatal: bool) -> Result<RecordError, ParseError> {
@@ -583,7 +559,6 @@ impl Parse {
         if !code_ok {
             let shown: String = e.code.chars().take(MAX_CODE_BYTES).collect();
             return Err(self.invalid(
-                self.calling,
                 format!("error code {shown:?} is not a kebab-case identifier of at most {MAX_CODE_BYTES} bytes"),
             ));
         }
@@ -597,17 +572,23 @@ impl Parse {
     }
 }
 
-/// The record error for a record of `size` bytes once parsed, over `max`.
-pub(super) fn too_large(size: usize, max: usize, location: Location) -> RecordError {
-    RecordError {
+/// The record, or a record error if it is over `max` bytes once parsed:
+/// the plugin kept the contract but the record is too big for the host, so
+/// it is refused like any bad record and the parse goes on.
+pub(super) fn within_limit(record: Record, max: usize) -> Item {
+    let size = record.size_bytes();
+    if size <= max {
+        return Item::Record(record);
+    }
+    Item::Error(RecordError {
         code: "record-too-large".into(),
         message: format!(
             "the record is {size} bytes once parsed; sluice accepts at most {max} bytes per \
              record (split the record, or raise the limit)"
         ),
         field: None,
-        location,
-    }
+        location: record.location,
+    })
 }
 
 /// Decode a record's values from their (type, payload) word pairs.
